@@ -1,0 +1,1 @@
+"""Entry points, configs, data loaders, result writers and benchmarks."""

@@ -1,0 +1,41 @@
+"""Local + online training of deep LRU stacks with exact forward-mode eligibility traces.
+
+Public API (see each function's docstring for shapes and equations):
+    Config, init, apply, bptt_grads, local_grads, local_grads_autodiff, local_grads_jvp,
+    online_init, online_step, bits_per_byte, describe_losses.
+"""
+
+import jax
+
+from lru_local import model, validation
+from lru_local.bptt import bits_per_byte, bptt_grads, describe_losses
+from lru_local.config import Config
+from lru_local.model import init
+from lru_local.reference import local_grads_autodiff, local_grads_jvp
+from lru_local.traces import LayerTrace, local_grads, online_init, online_step
+
+
+def apply(params: dict, tokens: jax.Array, cfg: Config) -> jax.Array:
+    """Next-byte logits: tokens int [B, T] -> logits [B, T-1, vocab] predicting tokens[:, 1:]."""
+    validation.check_config(cfg)
+    validation.check_params(params, cfg)
+    validation.check_tokens(tokens, cfg)
+    return _apply_jit(params, tokens)
+
+
+_apply_jit = jax.jit(model.logits)
+
+__all__ = [
+    "Config",
+    "LayerTrace",
+    "apply",
+    "bits_per_byte",
+    "bptt_grads",
+    "describe_losses",
+    "init",
+    "local_grads",
+    "local_grads_autodiff",
+    "local_grads_jvp",
+    "online_init",
+    "online_step",
+]
