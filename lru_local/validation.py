@@ -100,7 +100,9 @@ def check_params(params, cfg: Config) -> None:
         )
     dtypes = {jnp.dtype(leaf.dtype) for leaf in flat.values()}
     if len(dtypes) != 1 or not jnp.issubdtype(next(iter(dtypes)), jnp.floating):
-        raise ValueError(f"params must share one real floating dtype, got {sorted(map(str, dtypes))}")
+        raise ValueError(
+            f"params must share one real floating dtype, got {sorted(map(str, dtypes))}"
+        )
     for name, leaf in flat.items():
         if tuple(leaf.shape) != expected[name]:
             raise ValueError(
