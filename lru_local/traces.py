@@ -5,7 +5,7 @@ L^ℓ sits on its own output), so its only recurrent path from parameters to los
 diagonal state, and the sensitivities close per unit i (Zucchet et al.):
 
     e^λ_{i,t} = λ_i e^λ_{i,t-1} + s_{i,t-1}             e^λ_t = ∂s_t/∂λ        complex [N]
-    e^B_{i,t} = λ_i e^B_{i,t-1} + u_t                   e^B_t[i, j] = ∂s_{t,i}/∂B_ij   [N, H]
+    e^B_{i,t} = λ_i e^B_{i,t-1} + u_t                   e^B_t[i, :] = ∂s_{t,i}/∂B_i:   [N, H]
 
 With the local error at the state δ_t = ∂L_t/∂Re(s_t) + i ∂L_t/∂Im(s_t) (one vector-Jacobian
 product through the head and C, spatially local, within the timestep), the real gradients are
@@ -37,7 +37,10 @@ class LayerTrace(NamedTuple):
 
     s: jax.Array  # s_t, complex [B, N]
     e_lam: jax.Array  # e^λ_t = ∂s_t/∂λ, complex [B, N]
-    e_B: jax.Array  # e^B_t[b, i, j] = ∂s_{t,i}/∂B_ij for row b, complex [B, N, H]
+    # e^B_t[i, b, j] = ∂s_{t,i}/∂B_ij for batch row b, complex [N, B, H]. Unit-major, so the
+    # per-step contraction Σ_b conj(δ_{b,i}) e^B[i, b, :] is a batched matvec over units
+    # (measured 3× faster on CPU than the batch-major [B, N, H] layout).
+    e_B: jax.Array
 
 
 def layer_trace_init(batch: int, d_state: int, d_model: int, dtype=jnp.float32) -> LayerTrace:
@@ -46,7 +49,7 @@ def layer_trace_init(batch: int, d_state: int, d_model: int, dtype=jnp.float32) 
     return LayerTrace(
         s=jnp.zeros((batch, d_state), cdtype),
         e_lam=jnp.zeros((batch, d_state), cdtype),
-        e_B=jnp.zeros((batch, d_state, d_model), cdtype),
+        e_B=jnp.zeros((d_state, batch, d_model), cdtype),
     )
 
 
@@ -56,7 +59,7 @@ def layer_trace_update(layer: dict, trace: LayerTrace, u: jax.Array) -> LayerTra
     return LayerTrace(
         s=lam * trace.s + model.input_projection(layer, u),
         e_lam=lam * trace.e_lam + trace.s,
-        e_B=lam[:, None] * trace.e_B + u[:, None, :].astype(trace.e_B.dtype),
+        e_B=lam[:, None, None] * trace.e_B + u[None].astype(trace.e_B.dtype),
     )
 
 
@@ -73,7 +76,7 @@ def layer_trace_grads(layer: dict, trace: LayerTrace, delta: jax.Array) -> dict:
     lam = model.eigenvalues(layer)
     conj_delta = jnp.conj(delta)
     w = jnp.sum(conj_delta * trace.e_lam, axis=0) * lam
-    z = jnp.einsum("bn,bnh->nh", conj_delta, trace.e_B)
+    z = jnp.einsum("bn,nbh->nh", conj_delta, trace.e_B)
     return {
         "nu_log": -jnp.exp(layer["nu_log"]) * w.real,
         "theta": -w.imag,
@@ -82,19 +85,21 @@ def layer_trace_grads(layer: dict, trace: LayerTrace, delta: jax.Array) -> dict:
     }
 
 
-def readout_loss(readout: dict, s_re, s_im, u, target, *, is_task: bool):
-    """Mean over the batch of layer ℓ's instantaneous loss L^ℓ_t, as a function of its state.
+def readout_loss(readout: dict, s_re, s_im, u, target, weights, *, is_task: bool):
+    """Weighted sum over steps of layer ℓ's batch-mean instantaneous loss, given its states.
 
-    readout: {"C_re", "C_im", "D", "head"}; s_re, s_im [B, N]; u [B, H]; target: the noised
-    next embedding x̃_{t+1} [B, H] for hidden layers, or next bytes x_{t+1} [B] for the task head.
-    Returns (loss, y) with y = Re(C s_t) + D u_t [B, H].
+    readout: {"C_re", "C_im", "D", "head"}; s_re, s_im [C, B, N] (C steps); u [C, B, H];
+    target: the noised next embedding x̃_{t+1} [C, B, H] for hidden layers, or the next bytes
+    x_{t+1} [C, B] for the task head; weights [C]. Returns (Σ_c w_c mean_b L_c, y [C, B, H]).
+    The loss of step c depends on s_c only, so its gradient w.r.t. s is the per-step local error
+    δ_c (times w_c): C instantaneous errors batched, no gradient crosses a timestep.
     """
     y = model.layer_output(readout, s_re + 1j * s_im, u)
     if is_task:
         per_row = model.task_loss(readout["head"], y, target)
     else:
         per_row = model.denoise_loss(readout["head"], y, target)
-    return jnp.mean(per_row), y
+    return jnp.sum(weights * jnp.mean(per_row, axis=-1)), y
 
 
 readout_value_and_grad = jax.value_and_grad(readout_loss, argnums=(0, 1, 2), has_aux=True)
@@ -126,69 +131,98 @@ TRACE_ENGINE = RecurrentEngine(
 )
 
 
-def stack_step(params, layer_states, x_t, x_next, noise, loss_scale, engine=TRACE_ENGINE):
-    """One step of every layer: recurrent state forward, local errors, per-step gradients.
+def chunk_step(params, layer_states, x, x_next, noise, weights, engine=TRACE_ENGINE):
+    """C consecutive online steps of every layer: states, local errors, gradients.
 
-    x_t, x_next: int [B]; noise: σ·ε [L-1, B, H]. Returns (layer_states, losses [L], grads).
-    Gradients are of loss_scale · mean_b L^ℓ_t, so summing them over t with
-    loss_scale = 1/(T-1) gives the gradient of the time-averaged objective.
+    Args:
+      x, x_next: current and next bytes, int [C, B] (time-major).
+      noise: σ·ε per step [C, L-1, B, H].
+      weights: per-step loss weights w_c [C] (1/(T-1) for a time average, 0 for padding).
+    Returns:
+      (layer_states after the C steps, losses [L] = Σ_c w_c mean_b L^ℓ_c, grads like params).
+
+    Per layer, the C states are computed first (they need no traces), so the readout, the local
+    errors δ_c and the instantaneous gradients of C, D and the head are batched over the C steps
+    as matrix products; then a `lax.scan` over the C steps advances the traces and contracts each
+    with its δ_c. Every quantity is still causal and per-step: with C = 1 this is one online step.
     """
     depth = len(params["layers"])
-    u = model.embed(params, x_t)
+    u = model.embed(params, x)
     target_embedding = model.embed(params, x_next)
-    scale = jnp.asarray(loss_scale, u.dtype)
     new_states, losses = [], []
     grads = jax.tree_util.tree_map(jnp.zeros_like, params)
     for ell, layer in enumerate(params["layers"]):
         is_task = ell == depth - 1
-        state = engine.advance(layer, layer_states[ell], u)
-        s = engine.states(state)
+        s = model.lru_scan(layer, u.swapaxes(0, 1), engine.states(layer_states[ell]))
         head = params["decoder"] if is_task else params["heads"][ell]
-        target = x_next if is_task else target_embedding + noise[ell]
+        target = x_next if is_task else target_embedding + noise[:, ell]
         readout = {"C_re": layer["C_re"], "C_im": layer["C_im"], "D": layer["D"], "head": head}
         (loss, y), (g_readout, g_re, g_im) = readout_value_and_grad(
-            readout, s.real, s.imag, u, target, is_task=is_task
+            readout,
+            s.real.swapaxes(0, 1),
+            s.imag.swapaxes(0, 1),
+            u,
+            target,
+            weights,
+            is_task=is_task,
         )
-        layer_grads = engine.contract(layer, state, g_re + 1j * g_im)
+
+        def trace_body(carry, inputs, layer=layer):
+            state, acc = carry
+            u_t, delta_t = inputs
+            state = engine.advance(layer, state, u_t)
+            acc = jax.tree_util.tree_map(jnp.add, acc, engine.contract(layer, state, delta_t))
+            return (state, acc), None
+
+        zero_acc = {
+            name: jnp.zeros_like(layer[name]) for name in ("nu_log", "theta", "B_re", "B_im")
+        }
+        (state, layer_grads), _ = jax.lax.scan(
+            trace_body, (layer_states[ell], zero_acc), (u, g_re + 1j * g_im)
+        )
         layer_grads.update(C_re=g_readout["C_re"], C_im=g_readout["C_im"], D=g_readout["D"])
-        grads["layers"][ell] = jax.tree_util.tree_map(lambda g: scale * g, layer_grads)
-        head_grads = jax.tree_util.tree_map(lambda g: scale * g, g_readout["head"])
+        grads["layers"][ell] = layer_grads
         if is_task:
-            grads["decoder"] = head_grads
+            grads["decoder"] = g_readout["head"]
         else:
-            grads["heads"][ell] = head_grads
-        losses.append(scale * loss)
+            grads["heads"][ell] = g_readout["head"]
+        losses.append(loss)
         new_states.append(state)
         u = u + y
     return new_states, jnp.stack(losses), grads
 
 
-def scan_local_grads(params, tokens, key, cfg, engine=TRACE_ENGINE):
-    """Σ_t of `stack_step` over a sequence in one `lax.scan` (time-averaged objective).
+def scan_local_grads(params, tokens, key, cfg, engine=TRACE_ENGINE, chunk: int = 32):
+    """The time-averaged local objective's gradients: `lax.scan` of `chunk_step` over the sequence.
 
-    tokens int [B, T]; step t uses ε from fold_in(key, t). Returns (losses [L], grads).
+    tokens int [B, T]; step t uses ε from fold_in(key, t); the T-1 steps are processed `chunk` at
+    a time (the last chunk padded with zero-weight steps). Returns (losses [L], grads).
     """
     batch, length = tokens.shape
     steps = length - 1
+    chunk = min(chunk, steps)
+    n_chunks = -(-steps // chunk)
     dtype = params["embed"].dtype
     zero_states = [engine.init(batch, cfg, dtype) for _ in range(cfg.depth)]
+    step_noise = jax.vmap(lambda t: denoise_noise(jax.random.fold_in(key, t), batch, cfg, dtype))
 
-    # Tokens are indexed inside the body (not scanned as xs) so that no [T, ...] temporary
+    # Tokens are gathered inside the body (not scanned as xs) so that no [T, ...] temporary
     # is materialised: the compiled temp memory stays flat in T.
     def body(carry, _):
-        t, layer_states, loss_sum, grad_sum = carry
-        x_t = jax.lax.dynamic_index_in_dim(tokens, t, axis=1, keepdims=False)
-        x_next = jax.lax.dynamic_index_in_dim(tokens, t + 1, axis=1, keepdims=False)
-        noise = denoise_noise(jax.random.fold_in(key, t), batch, cfg, dtype)
-        layer_states, losses, grads = stack_step(
-            params, layer_states, x_t, x_next, noise, 1.0 / steps, engine
+        c, layer_states, loss_sum, grad_sum = carry
+        t = c * chunk + jnp.arange(chunk)
+        x = jnp.take(tokens, jnp.minimum(t, steps - 1), axis=1).T
+        x_next = jnp.take(tokens, jnp.minimum(t + 1, steps), axis=1).T
+        weights = jnp.where(t < steps, 1.0 / steps, 0.0).astype(dtype)
+        layer_states, losses, grads = chunk_step(
+            params, layer_states, x, x_next, step_noise(t), weights, engine
         )
         grad_sum = jax.tree_util.tree_map(jnp.add, grad_sum, grads)
-        return (t + 1, layer_states, loss_sum + losses, grad_sum), None
+        return (c + 1, layer_states, loss_sum + losses, grad_sum), None
 
     zero_grads = jax.tree_util.tree_map(jnp.zeros_like, params)
     init = (jnp.int32(0), zero_states, jnp.zeros((cfg.depth,), dtype), zero_grads)
-    (_, _, losses, grads), _ = jax.lax.scan(body, init, None, length=steps)
+    (_, _, losses, grads), _ = jax.lax.scan(body, init, None, length=n_chunks)
     return losses, grads
 
 
@@ -229,7 +263,8 @@ def online_step(params, carry, token_t, token_next, key, cfg: Config, loss_scale
 @jax.jit(static_argnames="cfg")
 def _online_step_jit(params, carry, token_t, token_next, key, loss_scale, cfg):
     noise = denoise_noise(key, token_t.shape[0], cfg, params["embed"].dtype)
-    return stack_step(params, carry, token_t, token_next, noise, loss_scale)
+    weights = jnp.full((1,), loss_scale, params["embed"].dtype)
+    return chunk_step(params, carry, token_t[None], token_next[None], noise[None], weights)
 
 
 def local_grads(params: dict, tokens: jax.Array, key: jax.Array, cfg: Config):

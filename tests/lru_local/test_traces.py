@@ -134,7 +134,7 @@ def test_hand_computed_toy_one_unit_three_steps():
         trace = traces.layer_trace_update(layer, trace, jnp.array([[u]]))
         np.testing.assert_allclose(trace.s[0, 0], expected_s[t], atol=1e-14)
         np.testing.assert_allclose(trace.e_lam[0, 0], expected_e_lam[t], atol=1e-14)
-        np.testing.assert_allclose(trace.e_B[0, 0, 0], expected_e_b[t], atol=1e-14)
+        np.testing.assert_allclose(trace.e_B[0, 0, 0], expected_e_b[t], atol=1e-14)  # [N, B, H]
         g = traces.layer_trace_grads(layer, trace, jnp.array([[deltas[t]]]))
         total = g if total is None else jax.tree_util.tree_map(jnp.add, total, g)
     np.testing.assert_allclose(total["B_re"][0, 0], 7.75, atol=1e-14)

@@ -1,0 +1,26 @@
+# Every target installs what it needs, so each works on a fresh machine of this kind.
+PY ?= python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install data run test bench lint
+
+install:
+	$(PY) -m pip install -q -e ".[test,dev]"
+
+data:
+	@if [ ! -f /usr/share/dictd/gcide.dict.dz ] || [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+		$(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q dict-gcide dataset-fashion-mnist; \
+	fi
+
+run: install data
+	$(PY) -m experiments.gradient_alignment --config=experiments/configs/gradient_alignment.py:cpu
+
+test: install data
+	$(PY) -m pytest -n 2 tests
+
+bench: install data
+	$(PY) -m experiments.benchmarks.lru_local_grads
+
+lint: install
+	ruff check . && ruff format --check .

@@ -1,0 +1,1 @@
+"""Benchmarks run by `make bench`: ratio tables measured in one run."""

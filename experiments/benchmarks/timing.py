@@ -1,0 +1,46 @@
+"""Timing helpers and machine floors measured in the same process as the benchmark."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+
+def seconds_per_call(fn, *args, min_seconds: float = 2.0, max_reps: int = 50) -> float:
+    """Median wall time of `fn(*args)` after one warm-up (compile) call, blocking on results."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_reps and (len(times) < 3 or time.perf_counter() - start < min_seconds):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def streaming_bandwidth(n_bytes: int, steps: int = 64) -> float:
+    """Bytes/s of x <- a·x + b over a float32 buffer of n_bytes, repeated `steps` times in a scan.
+
+    Each step reads and writes the buffer once (2·n_bytes of traffic), which is the access
+    pattern of a trace update; a buffer of the traces' size measures the bandwidth at that
+    working-set size (cache or DRAM, whichever holds it).
+    """
+    x = jnp.ones((max(n_bytes // 4, 1),), jnp.float32)
+
+    @jax.jit
+    def touch(x):
+        def body(x, _):
+            return 0.999 * x + 1e-3, None
+
+        return jax.lax.scan(body, x, None, length=steps)[0]
+
+    return 2 * x.nbytes * steps / seconds_per_call(touch, x)
+
+
+def matmul_flops_per_second(n: int = 1024) -> float:
+    """Measured float32 dense matmul rate (2n³ FLOPs per n×n product)."""
+    a = jnp.ones((n, n), jnp.float32)
+    return 2 * n**3 / seconds_per_call(jax.jit(lambda a: a @ a), a)
