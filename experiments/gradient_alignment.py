@@ -99,7 +99,7 @@ def run(config, workdir: str | Path) -> dict:
             f"min {vs_autodiff.min():.6f} ({seconds:.1f}s)",
             flush=True,
         )
-        per_depth[depth] = {
+        per_depth[str(depth)] = {
             "vs_bptt": vs_bptt.tolist(),
             "stack_vs_bptt": stack.tolist(),
             "vs_autodiff": vs_autodiff.tolist(),
@@ -121,7 +121,7 @@ def run(config, workdir: str | Path) -> dict:
     headers = ["depth"] + [f"layer {ell + 1}" for ell in range(max_depth)]
     headers += ["whole stack", "trace vs autodiff (min over layers, seeds)"]
     table_rows = []
-    for depth, values in per_depth.items():
+    for depth, values in zip(config.depths, per_depth.values(), strict=True):
         vs_bptt = np.asarray(values["vs_bptt"])
         cells = [_mean_std(vs_bptt[:, ell]) for ell in range(depth)]
         cells += [""] * (max_depth - depth)
@@ -146,7 +146,7 @@ def run(config, workdir: str | Path) -> dict:
                 np.mean(values["vs_bptt"], axis=0),
                 np.std(values["vs_bptt"], axis=0),
             )
-            for depth, values in per_depth.items()
+            for depth, values in zip(config.depths, per_depth.values(), strict=True)
         },
         xlabel="layer ℓ",
         ylabel="cos(local trace grad, BPTT grad)",

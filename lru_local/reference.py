@@ -95,7 +95,8 @@ def _jvp_engine(cfg: Config, dtype) -> traces.RecurrentEngine:
         k = 2 * cfg.d_model + 2
         return jnp.zeros((batch, cfg.d_state), cdtype), jnp.zeros((k, batch, cfg.d_state), cdtype)
 
-    def advance(layer, state, u):
+    def advance(layer, state, u, s_known):
+        del s_known  # recomputed below by the primal of the linearisation
         s_prev, tangents = state
         rec = {name: layer[name] for name in ("nu_log", "theta", "B_re", "B_im")}
 

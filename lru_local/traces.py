@@ -53,11 +53,16 @@ def layer_trace_init(batch: int, d_state: int, d_model: int, dtype=jnp.float32) 
     )
 
 
-def layer_trace_update(layer: dict, trace: LayerTrace, u: jax.Array) -> LayerTrace:
-    """Advances s, e^λ, e^B by one step on input u_t [B, H] (the three recursions above)."""
+def layer_trace_update(
+    layer: dict, trace: LayerTrace, u: jax.Array, s: jax.Array | None = None
+) -> LayerTrace:
+    """Advances s, e^λ, e^B by one step on input u_t [B, H] (the three recursions above).
+
+    s: the new state s_t [B, N] if the caller already has it (computed as λ s_{t-1} + B u_t).
+    """
     lam = model.eigenvalues(layer)
     return LayerTrace(
-        s=lam * trace.s + model.input_projection(layer, u),
+        s=lam * trace.s + model.input_projection(layer, u) if s is None else s,
         e_lam=lam * trace.e_lam + trace.s,
         e_B=lam[:, None, None] * trace.e_B + u[None].astype(trace.e_B.dtype),
     )
@@ -113,7 +118,8 @@ def denoise_noise(key: jax.Array, batch: int, cfg: Config, dtype) -> jax.Array:
 class RecurrentEngine(NamedTuple):
     """How a layer's recurrent gradient (nu_log, theta, B_re, B_im) is computed online.
 
-    init(batch, cfg, dtype) -> state of one layer; advance(layer, state, u_t) -> state at t;
+    init(batch, cfg, dtype) -> state of one layer; advance(layer, state, u_t, s_t) -> state at t
+    (s_t = λ s_{t-1} + B u_t, already known to the caller);
     states(state) -> s_t complex [B, N]; contract(layer, state, δ_t) -> {nu_log, theta, B_re, B_im}.
     """
 
@@ -169,8 +175,8 @@ def chunk_step(params, layer_states, x, x_next, noise, weights, engine=TRACE_ENG
 
         def trace_body(carry, inputs, layer=layer):
             state, acc = carry
-            u_t, delta_t = inputs
-            state = engine.advance(layer, state, u_t)
+            u_t, s_t, delta_t = inputs
+            state = engine.advance(layer, state, u_t, s_t)
             acc = jax.tree_util.tree_map(jnp.add, acc, engine.contract(layer, state, delta_t))
             return (state, acc), None
 
@@ -178,7 +184,7 @@ def chunk_step(params, layer_states, x, x_next, noise, weights, engine=TRACE_ENG
             name: jnp.zeros_like(layer[name]) for name in ("nu_log", "theta", "B_re", "B_im")
         }
         (state, layer_grads), _ = jax.lax.scan(
-            trace_body, (layer_states[ell], zero_acc), (u, g_re + 1j * g_im)
+            trace_body, (layer_states[ell], zero_acc), (u, s.swapaxes(0, 1), g_re + 1j * g_im)
         )
         layer_grads.update(C_re=g_readout["C_re"], C_im=g_readout["C_im"], D=g_readout["D"])
         grads["layers"][ell] = layer_grads

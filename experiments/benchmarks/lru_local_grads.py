@@ -52,32 +52,45 @@ def run(batch: int, seq_len: int, width: int, depth: int) -> str:
     trace = seconds["local_grads (traces)"]
     rows = [[name, f"{predictions / s:,.0f}", f"{s / trace:.2f}×"] for name, s in seconds.items()]
     step_bytes = trace_bytes_per_step(batch, cfg)
-    bandwidth = timing.streaming_bandwidth(step_bytes // 2)
+    # Bandwidth at the traces' working-set size (they fit in cache at CPU-preset sizes) and for
+    # a buffer far larger than any cache (DRAM, STREAM-style). The floor uses the larger one,
+    # so it is a true lower bound on the time of the trace update.
+    cache_bandwidth = timing.streaming_bandwidth(step_bytes // 2)
     dram_bandwidth = timing.streaming_bandwidth(512 * 2**20, steps=4)
+    bandwidth = max(cache_bandwidth, dram_bandwidth)
     floor = step_bytes * (seq_len - 1) / bandwidth
     temp = {
         name: jax.jit(fn).lower(params, tokens).compile().memory_analysis().temp_size_in_bytes
         for name, fn in engines.items()
     }
+    jvp_speedup = seconds["local_grads_jvp (jax.jvp)"] / trace
     lines = [
         f"lru_local gradient engines: B={batch}, T={seq_len}, H=N={width}, depth={depth}, "
         f"float32, {jax.devices()[0].platform} ({jax.device_count()} device)",
         "",
-        markdown_table(
-            ["engine", "tokens/s", "time vs traces"],
-            rows,
-        ),
+        markdown_table(["engine", "tokens/s", "time vs traces"], rows),
         markdown_table(
             ["engine", "compiled temp memory (MiB)"],
             [[name, f"{b / 2**20:.2f}"] for name, b in temp.items()],
         ),
-        f"Trace engine vs memory-traffic floor: {step_bytes / 2**20:.2f} MiB read+written per "
-        f"step; streaming bandwidth at that working set {bandwidth / 1e9:.1f} GB/s "
-        f"(DRAM, 512 MiB buffer: {dram_bandwidth / 1e9:.1f} GB/s); floor "
-        f"{floor * 1e3:.1f} ms/call, measured {trace * 1e3:.1f} ms/call: "
-        f"**{trace / floor:.2f}× the floor** (target ≤ 3×).",
-        f"Hand-derived traces vs generic jax.jvp: **"
-        f"{seconds['local_grads_jvp (jax.jvp)'] / trace:.1f}× faster** (target ≥ 2×).",
+        markdown_table(
+            ["trace engine vs its memory-traffic floor", "value"],
+            [
+                [
+                    "bytes read+written per step (s, e^λ, e^B, all layers)",
+                    f"{step_bytes / 2**20:.2f} MiB",
+                ],
+                [
+                    f"streaming bandwidth, {step_bytes // 2 / 2**20:.1f} MiB buffer (traces' size)",
+                    f"{cache_bandwidth / 1e9:.1f} GB/s",
+                ],
+                ["streaming bandwidth, 512 MiB buffer (DRAM)", f"{dram_bandwidth / 1e9:.1f} GB/s"],
+                ["floor = bytes × steps / max bandwidth", f"{floor * 1e3:.1f} ms/call"],
+                ["measured local_grads", f"{trace * 1e3:.1f} ms/call"],
+                ["**measured / floor** (target ≤ 3×)", f"**{trace / floor:.1f}×**"],
+                ["**jax.jvp time / trace time** (target ≥ 2×)", f"**{jvp_speedup:.1f}×**"],
+            ],
+        ),
     ]
     return "\n".join(lines)
 
