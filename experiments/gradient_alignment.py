@@ -150,7 +150,8 @@ def run(config, workdir: str | Path) -> dict:
         },
         xlabel="layer ℓ",
         ylabel="cos(local trace grad, BPTT grad)",
-        title=f"Local vs end-to-end gradient at init ({corpus.name})",
+        title=f"Local vs end-to-end gradient at init ({corpus.name}"
+        + (", stand-in for enwik8)" if corpus.is_standin else ")"),
     )
     summary = {"finished": True, "data": corpus.summary(), "per_depth": per_depth}
     results.write_json(workdir / "summary.json", summary)

@@ -16,8 +16,10 @@ dL_t = Re(conj(δ_t) ds_t), hence
     ∂L_t/∂B_re_ij  =  Re(conj(δ_i) e^B_i[j])                          (ds/dB_re = e^B)
     ∂L_t/∂B_im_ij  = -Im(conj(δ_i) e^B_i[j])                          (ds/dB_im = i e^B)
 
-C, D and the heads sit downstream of the state, so their gradients are instantaneous. One forward
-`lax.scan` carries (s, e^λ, e^B) per layer and batch row: memory O(params × batch), flat in T.
+C, D and the heads sit downstream of the state, so their gradients are instantaneous. A forward
+`lax.scan` over the sequence carries (s, e^λ, e^B) per layer and batch row: memory
+O(params × batch), flat in T. It advances `chunk` steps per iteration (see `chunk_step`), which
+batches the instantaneous readout over those steps; the traces still advance one step at a time.
 """
 
 from __future__ import annotations
@@ -273,7 +275,7 @@ def _online_step_jit(params, carry, token_t, token_next, key, loss_scale, cfg):
     return chunk_step(params, carry, token_t[None], token_next[None], noise[None], weights)
 
 
-def local_grads(params: dict, tokens: jax.Array, key: jax.Array, cfg: Config):
+def local_grads(params: dict, tokens: jax.Array, key: jax.Array, cfg: Config, *, chunk: int = 32):
     """Exact gradients of every layer's local objective by forward traces, one `lax.scan`.
 
     Objective: L^ℓ = mean_{b, t<T-1} L^ℓ_t with L^ℓ_t = ||g^ℓ(y^ℓ_t) - x̃_{t+1}||² (ℓ < L) and
@@ -282,6 +284,8 @@ def local_grads(params: dict, tokens: jax.Array, key: jax.Array, cfg: Config):
 
     Args:
       params: from `lru_local.init`; tokens: int [B, T]; key: PRNG key; cfg: Config.
+      chunk: steps per scan iteration (any value gives the same gradients; 1 is the plain
+        per-step online loop, larger values batch the readout into bigger matrix products).
     Returns:
       losses [L] (per-layer local losses; the last is the task CE in nats), grads like params.
     """
@@ -289,9 +293,11 @@ def local_grads(params: dict, tokens: jax.Array, key: jax.Array, cfg: Config):
     validation.check_params(params, cfg)
     validation.check_tokens(tokens, cfg)
     validation.check_key(key)
-    return _local_grads_jit(params, tokens, key, cfg)
+    if not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    return _local_grads_jit(params, tokens, key, cfg, chunk)
 
 
-@jax.jit(static_argnames="cfg")
-def _local_grads_jit(params, tokens, key, cfg):
-    return scan_local_grads(params, tokens, key, cfg)
+@jax.jit(static_argnames=("cfg", "chunk"))
+def _local_grads_jit(params, tokens, key, cfg, chunk):
+    return scan_local_grads(params, tokens, key, cfg, chunk=chunk)

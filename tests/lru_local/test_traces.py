@@ -89,6 +89,17 @@ def test_local_grads_is_sum_of_online_steps():
         assert err <= 1e-12, f"{name}: {err:.2e}"
 
 
+@pytest.mark.parametrize("chunk", [1, 4, 7])
+def test_chunk_size_does_not_change_the_gradients(chunk):
+    """T - 1 = 20 steps: chunk 4 divides it, chunk 7 pads the last chunk with 1 zero-weight step."""
+    cfg, params, tokens, key = _problem(3, 5, 4, 2, 21, 10)
+    losses, grads = lru_local.local_grads(params, tokens, key, cfg, chunk=chunk)
+    ref_losses, ref_grads = lru_local.local_grads_autodiff(params, tokens, key, cfg)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-12)
+    for name, err in max_relative_errors(grads, ref_grads).items():
+        assert err <= 1e-9, f"chunk={chunk} {name}: {err:.2e}"
+
+
 def test_online_carry_is_constant_size_and_continues_across_chunks():
     """Streaming two halves with the carry kept equals the states of one pass over the whole."""
     cfg, params, tokens, key = _problem(2, 4, 3, 2, 9, 9)
