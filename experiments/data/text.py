@@ -20,8 +20,9 @@ ENWIK8_BYTES = 100_000_000
 ENWIK8_SPLIT = (90_000_000, 5_000_000, 5_000_000)
 GCIDE_PATH = Path("/usr/share/dictd/gcide.dict.dz")
 HOW_TO_PROVIDE = (
-    "provide enwik8 as $ENWIK8 or data/enwik8[.zip] (the zip holds one member 'enwik8'), or install "
-    "the stand-in corpus with `apt-get update && apt-get install -y dict-gcide` (or `make data`)"
+    "provide enwik8 as $ENWIK8 or data/enwik8[.zip] (the zip holds one member 'enwik8'), "
+    "or install the stand-in corpus with `apt-get update && apt-get install -y dict-gcide` "
+    "(or `make data`)"
 )
 
 
@@ -59,9 +60,7 @@ def _read_zip(path: Path) -> bytes:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
             if "enwik8" not in names:
-                raise ValueError(
-                    f"{path} holds {names}, not the member 'enwik8'; {HOW_TO_PROVIDE}"
-                )
+                raise ValueError(f"{path} holds {names}, not the member 'enwik8'; {HOW_TO_PROVIDE}")
             return archive.read("enwik8")
     except (zipfile.BadZipFile, EOFError, OSError) as err:
         raise ValueError(
