@@ -17,9 +17,7 @@ from lru_local.traces import LayerTrace, local_grads, online_init, online_step
 
 def apply(params: dict, tokens: jax.Array, cfg: Config) -> jax.Array:
     """Next-byte logits: tokens int [B, T] -> logits [B, T-1, vocab] predicting tokens[:, 1:]."""
-    validation.check_config(cfg)
-    validation.check_params(params, cfg)
-    validation.check_tokens(tokens, cfg)
+    validation.check_sequence_call(params, tokens, cfg)
     return _apply_jit(params, tokens)
 
 

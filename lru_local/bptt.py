@@ -23,9 +23,7 @@ def bptt_grads(params: dict, tokens: jax.Array, cfg: Config):
     tokens int [B, T]; loss is the mean CE over B·(T-1) predictions in nats; grads has the
     structure of params (embed and the hidden heads g^ℓ get zeros: E is frozen, g^ℓ unused).
     """
-    validation.check_config(cfg)
-    validation.check_params(params, cfg)
-    validation.check_tokens(tokens, cfg)
+    validation.check_sequence_call(params, tokens, cfg)
     return _bptt_jit(params, tokens, cfg)
 
 

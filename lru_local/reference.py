@@ -42,16 +42,9 @@ def local_objective(params, tokens, noise):
     return jnp.sum(losses), losses
 
 
-def _check(params, tokens, key, cfg):
-    validation.check_config(cfg)
-    validation.check_params(params, cfg)
-    validation.check_tokens(tokens, cfg)
-    validation.check_key(key)
-
-
 def local_grads_autodiff(params: dict, tokens: jax.Array, key: jax.Array, cfg: Config):
     """Reference: jax.grad of Σ_ℓ L^ℓ (stop-gradded inputs). Same returns as `local_grads`."""
-    _check(params, tokens, key, cfg)
+    validation.check_sequence_call(params, tokens, cfg, key)
     return _autodiff_jit(params, tokens, key, cfg)
 
 
@@ -121,7 +114,7 @@ def local_grads_jvp(params: dict, tokens: jax.Array, key: jax.Array, cfg: Config
     Costs K = 2H + 2 tangent propagations per step (O(K·N·H) per row): a correctness oracle and
     the baseline the hand-derived traces are benchmarked against. Same returns as `local_grads`.
     """
-    _check(params, tokens, key, cfg)
+    validation.check_sequence_call(params, tokens, cfg, key)
     return _jvp_jit(params, tokens, key, cfg)
 
 

@@ -289,10 +289,7 @@ def local_grads(params: dict, tokens: jax.Array, key: jax.Array, cfg: Config, *,
     Returns:
       losses [L] (per-layer local losses; the last is the task CE in nats), grads like params.
     """
-    validation.check_config(cfg)
-    validation.check_params(params, cfg)
-    validation.check_tokens(tokens, cfg)
-    validation.check_key(key)
+    validation.check_sequence_call(params, tokens, cfg, key)
     if not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
     return _local_grads_jit(params, tokens, key, cfg, chunk)

@@ -122,3 +122,12 @@ def check_key(key) -> None:
             f"key must be one PRNG key (jax.random.key(seed)), got "
             f"{getattr(key, 'dtype', type(key))} of shape {getattr(key, 'shape', None)}"
         )
+
+
+def check_sequence_call(params, tokens, cfg, key=None) -> None:
+    """The checks every whole-sequence entry point runs: cfg, params, tokens [B, T], key."""
+    check_config(cfg)
+    check_params(params, cfg)
+    check_tokens(tokens, cfg)
+    if key is not None:
+        check_key(key)
