@@ -73,12 +73,12 @@ def run(config, workdir: str | Path) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     config_dict = config.to_dict()
-    saved = results.finished_table(workdir, config_dict)
+    finished = results.finished_run(workdir, config_dict)
+    if finished is not None:
+        table, summary = finished  # the table already names the corpus it ran on
+        print(table)
+        return summary
     corpus = text.load_corpus()
-    if saved is not None:
-        print(corpus.describe())
-        print(saved)
-        return results.read_json(workdir / "summary.json")
     results.write_json(workdir / "config.json", config_dict)
     tokens = jnp.asarray(
         text.random_windows(

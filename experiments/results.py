@@ -7,23 +7,19 @@ import os
 from pathlib import Path
 
 
-def write_json(path: str | os.PathLike, obj) -> None:
-    """Atomically writes JSON (temp file, flush, fsync, rename)."""
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomically writes text (temp file, flush, fsync, rename)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as handle:
-        json.dump(obj, handle, indent=2, sort_keys=True)
-        handle.write("\n")
+        handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def write_json(path: str | os.PathLike, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def write_jsonl(path: str | os.PathLike, rows) -> None:
@@ -36,8 +32,8 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def finished_table(workdir: str | os.PathLike, config: dict) -> str | None:
-    """The saved table of a finished run with this exact config, else None."""
+def finished_run(workdir: str | os.PathLike, config: dict) -> tuple[str, dict] | None:
+    """(table, summary) of a finished run with this exact config, else None."""
     workdir = Path(workdir)
     try:
         saved = json.loads((workdir / "config.json").read_text())
@@ -45,8 +41,4 @@ def finished_table(workdir: str | os.PathLike, config: dict) -> str | None:
         table = (workdir / "table.md").read_text()
     except (OSError, ValueError):
         return None
-    return table if saved == config and summary.get("finished") else None
-
-
-def read_json(path: str | os.PathLike):
-    return json.loads(Path(path).read_text())
+    return (table, summary) if saved == config and summary.get("finished") else None

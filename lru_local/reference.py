@@ -22,9 +22,7 @@ from lru_local.config import Config
 
 def _all_noise(key, batch, steps, cfg, dtype):
     """σ·ε for every step, exactly as the trace engine draws it: [L-1, B, T-1, H]."""
-    per_step = jax.vmap(
-        lambda t: traces.denoise_noise(jax.random.fold_in(key, t), batch, cfg, dtype)
-    )(jnp.arange(steps))
+    per_step = traces.denoise_noise_at(key, jnp.arange(steps), batch, cfg, dtype)
     return jnp.transpose(per_step, (1, 2, 0, 3))
 
 

@@ -117,6 +117,11 @@ def denoise_noise(key: jax.Array, batch: int, cfg: Config, dtype) -> jax.Array:
     return cfg.noise_std * jax.random.normal(key, (cfg.depth - 1, batch, cfg.d_model), dtype)
 
 
+def denoise_noise_at(key: jax.Array, t: jax.Array, batch: int, cfg: Config, dtype) -> jax.Array:
+    """σ·ε for steps t [C] (int), each from fold_in(key, t): [C, L-1, B, H]."""
+    return jax.vmap(lambda t_: denoise_noise(jax.random.fold_in(key, t_), batch, cfg, dtype))(t)
+
+
 class RecurrentEngine(NamedTuple):
     """How a layer's recurrent gradient (nu_log, theta, B_re, B_im) is computed online.
 
@@ -212,7 +217,6 @@ def scan_local_grads(params, tokens, key, cfg, engine=TRACE_ENGINE, chunk: int =
     n_chunks = -(-steps // chunk)
     dtype = params["embed"].dtype
     zero_states = [engine.init(batch, cfg, dtype) for _ in range(cfg.depth)]
-    step_noise = jax.vmap(lambda t: denoise_noise(jax.random.fold_in(key, t), batch, cfg, dtype))
 
     # Tokens are gathered inside the body (not scanned as xs) so that no [T, ...] temporary
     # is materialised: the compiled temp memory stays flat in T.
@@ -223,7 +227,13 @@ def scan_local_grads(params, tokens, key, cfg, engine=TRACE_ENGINE, chunk: int =
         x_next = jnp.take(tokens, jnp.minimum(t + 1, steps), axis=1).T
         weights = jnp.where(t < steps, 1.0 / steps, 0.0).astype(dtype)
         layer_states, losses, grads = chunk_step(
-            params, layer_states, x, x_next, step_noise(t), weights, engine
+            params,
+            layer_states,
+            x,
+            x_next,
+            denoise_noise_at(key, t, batch, cfg, dtype),
+            weights,
+            engine,
         )
         grad_sum = jax.tree_util.tree_map(jnp.add, grad_sum, grads)
         return (c + 1, layer_states, loss_sum + losses, grad_sum), None

@@ -38,9 +38,3 @@ def streaming_bandwidth(n_bytes: int, steps: int = 64) -> float:
         return jax.lax.scan(body, x, None, length=steps)[0]
 
     return 2 * x.nbytes * steps / seconds_per_call(touch, x)
-
-
-def matmul_flops_per_second(n: int = 1024) -> float:
-    """Measured float32 dense matmul rate (2n³ FLOPs per n×n product)."""
-    a = jnp.ones((n, n), jnp.float32)
-    return 2 * n**3 / seconds_per_call(jax.jit(lambda a: a @ a), a)
