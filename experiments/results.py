@@ -22,8 +22,16 @@ def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def json_line(row: dict) -> str:
+    return json.dumps(row, sort_keys=True) + "\n"
+
+
 def write_jsonl(path: str | os.PathLike, rows) -> None:
-    write_text(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+    write_text(path, "".join(json_line(row) for row in rows))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:

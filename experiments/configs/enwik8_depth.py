@@ -1,0 +1,123 @@
+r"""The enwik8 depth study: one residual LRU stack, trained by BPTT and by local traces.
+
+    python -m experiments.enwik8_depth --config=experiments/configs/enwik8_depth.py:<preset>
+
+Presets (`:arg`):
+  smoke   seconds; depths {1, 2}, H = N = 8, 6 steps. For tests only.
+  quick   what `make run` runs (about 15 min on 2 CPU cores): depths {1, 2, 4, 6}, BPTT and
+          local, H = N = 64, B = 16, T = 128, 1500 steps, 2 seeds, LR probe at depth 2,
+          full validation and test splits.
+  cpu     the fullest sweep that fits a few hours on 2 cores (not run in CI): depths
+          {1, 2, 4, 6}; BPTT, local, truncated BPTT (w = 16) and online (k = 16); H = N = 64,
+          B = 32, T = 256, 3000 steps, 3 seeds, LR probe at depths 1 and 4.
+  paper   the post's protocol at GPU scale: depths {1, 2, 4, 6}, 3000 steps of Adam, an LR probe
+          over {3e-4, 1e-3, 3e-3, 1e-2} per trainer and per depth, BPTT + local + tbptt(w = 64).
+          The post gives no widths ("modest widths"); we use H = N = 256, B = 32, T = 1024,
+          3 seeds, evaluation on the full validation and test splits.
+
+Truncated BPTT memory (compiled temp memory of one training step, one seed, float32, from
+`jax.jit(step).lower(...).compile().memory_analysis()`; measured by
+`python -m experiments.benchmarks.enwik8_depth --memory`):
+  MEMORY_TABLE_PENDING
+So `--config.tbptt_window=16` is the memory-matched truncated baseline at the cpu sizes; set
+`--config.tbptt_window` to the largest divisor of seq_len whose memory fits the local trainer's.
+
+Fields (overrides like `--config.steps=500`; unknown keys are rejected):
+  trainers: any of "bptt", "local", "tbptt", "online" (see lru_local.training).
+  depths, steps, batch_size, seq_len (T: each batch is B windows of T + 1 bytes).
+  chunk_steps: steps per jitted call = progress line + checkpoint interval.
+  num_seeds: seeds vmapped in one call (init and denoising noise; the data order is shared).
+  seed: base PRNG seed of the model; data_seed: seed of the training-window sampler.
+  tbptt_window: w; online_every: k (both must divide seq_len); trace_chunk: steps batched per
+    scan iteration in the trace engine (speed only; the gradients do not depend on it).
+  lr_probe: grid, steps, num_seeds, depths (each depth uses the winner of the nearest probed
+    depth), eval_bytes (validation bytes scored per probe run).
+  eval: streams, window, valid_bytes, test_bytes (0 = the whole split; otherwise a cap).
+  model: lru_local.Config fields other than depth.
+"""
+
+import ml_collections
+
+PRESETS = ("smoke", "quick", "cpu", "paper")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    preset = arg or "quick"
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
+    c = ml_collections.ConfigDict()
+    c.preset = preset
+    c.trainers = ["bptt", "local"]
+    c.depths = [1, 2, 4, 6]
+    c.steps = 1000
+    c.chunk_steps = 100
+    c.batch_size = 16
+    c.seq_len = 128
+    c.num_seeds = 2
+    c.seed = 0
+    c.data_seed = 1234
+    c.tbptt_window = 16
+    c.online_every = 16
+    c.trace_chunk = 32
+    c.lr_probe = ml_collections.ConfigDict(
+        {"grid": [1e-3, 3e-3, 1e-2], "steps": 200, "num_seeds": 2, "depths": [2], "eval_bytes": 0}
+    )
+    c.eval = ml_collections.ConfigDict(
+        {"streams": 16, "window": 128, "valid_bytes": 0, "test_bytes": 0}
+    )
+    c.model = ml_collections.ConfigDict(
+        {
+            "d_model": 64,
+            "d_state": 64,
+            "r_min": 0.9,
+            "r_max": 0.999,
+            "max_phase": 6.283,
+            "noise_std": 0.1,
+            "d_init_std": 0.1,
+            "embed_std": 1.0,
+        }
+    )
+    if preset == "smoke":
+        c.depths = [1, 2]
+        c.steps = 6
+        c.chunk_steps = 3
+        c.batch_size = 2
+        c.seq_len = 16
+        c.tbptt_window = 4
+        c.online_every = 4
+        c.trace_chunk = 8
+        c.lr_probe.update({"grid": [3e-3, 1e-2], "steps": 3, "depths": [1], "eval_bytes": 2048})
+        c.eval.update({"streams": 4, "window": 16, "valid_bytes": 4096, "test_bytes": 4096})
+        c.model.update({"d_model": 8, "d_state": 8})
+    elif preset == "quick":
+        c.steps = 1500
+        c.lr_probe.eval_bytes = 262_144
+    elif preset == "cpu":
+        c.trainers = ["bptt", "local", "tbptt", "online"]
+        c.steps = 3000
+        c.chunk_steps = 100
+        c.batch_size = 32
+        c.seq_len = 256
+        c.num_seeds = 3
+        c.lr_probe.update({"steps": 300, "num_seeds": 2, "depths": [1, 4], "eval_bytes": 524_288})
+        c.eval.window = 256
+    elif preset == "paper":
+        c.trainers = ["bptt", "local", "tbptt"]
+        c.steps = 3000
+        c.chunk_steps = 250
+        c.batch_size = 32
+        c.seq_len = 1024
+        c.num_seeds = 3
+        c.tbptt_window = 64
+        c.lr_probe.update(
+            {
+                "grid": [3e-4, 1e-3, 3e-3, 1e-2],
+                "steps": 500,
+                "num_seeds": 1,
+                "depths": [1, 2, 4, 6],
+                "eval_bytes": 1_048_576,
+            }
+        )
+        c.eval.update({"streams": 64, "window": 1024})
+        c.model.update({"d_model": 256, "d_state": 256})
+    return c
