@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import zlib
 from pathlib import Path
 
 import jax
@@ -265,18 +266,28 @@ class Sweep:
         )
         return sums.sum(axis=-1) / n_scored / math.log(2.0)
 
-    def remaining_work(self, cells: list[Cell], current: Cell, current_step: int) -> float:
-        """Estimated seconds left in the sweep, from the measured per-trainer rates."""
+    def remaining_work(self, current: Cell, current_step: int) -> float:
+        """Estimated seconds left in the whole sweep (probes and training), from measured rates."""
         fallback = np.mean(list(self.rates.values())) if self.rates else 0.0
+        c = self.config
+        plan = [
+            (cell.id, cell.trainer, cell.depth, len(cell.lrs), cell.steps)
+            for cell in self.probe_cells()
+        ]
+        plan += [
+            (f"train/{t}/depth{d}", t, d, c.num_seeds, c.steps)
+            for d in c.depths
+            for t in c.trainers
+        ]
         total = 0.0
-        for cell in cells:
-            if cell.id in self.meta["done"]:
+        for cell_id, trainer, depth, lanes, steps in plan:
+            if cell_id in self.meta["done"]:
                 continue
-            steps = cell.steps - (current_step if cell == current else 0)
-            total += steps * cell.depth * len(cell.lrs) * self.rates.get(cell.trainer, fallback)
+            steps -= current_step if cell_id == current.id else 0
+            total += steps * depth * lanes * self.rates.get(trainer, fallback)
         return total
 
-    def run_cell(self, cell: Cell, arrays, all_cells: list[Cell]) -> None:
+    def run_cell(self, cell: Cell, arrays) -> None:
         config = self.config
         cfg = self.model_config(cell.depth)
         trainer = training.make_trainer(
@@ -314,6 +325,7 @@ class Sweep:
                     for i in range(n)
                 ]
             )
+            digest = zlib.crc32(batches.tobytes())  # lets anyone check both trainers' data
             compiled, temp_bytes, compile_s = self.chunk_fn(
                 trainer, cell.depth, state, batches, lrs
             )
@@ -337,6 +349,7 @@ class Sweep:
                     "train_bpb": float(np.mean(loss[lane]) / math.log(2.0)),
                     "grad_norm": float(np.asarray(metrics["grad_norm"])[lane, -1]),
                     "tokens_per_s": tokens_per_step * n / seconds,
+                    "batches_crc32": digest,
                 }
                 for lane in range(len(cell.lrs))
             ]
@@ -348,7 +361,7 @@ class Sweep:
                 f"({np.nanmean(loss) / math.log(2.0):.3f} bpb over chunk) | "
                 f"{tokens_per_step * n / seconds:,.0f} tok/s | "
                 f"ETA cell {_clock(cell_eta)}, sweep "
-                f"{_clock(self.remaining_work(all_cells, cell, first + n))}",
+                f"{_clock(self.remaining_work(cell, first + n))}",
                 flush=True,
             )
             self.meta["current"] = {"cell": cell.id, "chunk": index + 1}
@@ -387,6 +400,12 @@ class Sweep:
                     f"depth {cell.depth}; add smaller values to --config.lr_probe.grid"
                 )
             winner = min(grid, key=lambda lr: means[lr])
+            if winner in (min(grid), max(grid)) and len(grid) > 1:
+                print(
+                    f"note: the probe's winner {winner:g} is at the edge of lr_probe.grid; "
+                    "extending the grid may find a better rate",
+                    flush=True,
+                )
             result = {
                 "lrs": list(cell.lrs),
                 "seeds": list(cell.seeds),
@@ -451,12 +470,12 @@ class Sweep:
         probes = self.probe_cells()
         for cell in probes:
             if cell.id not in self.meta["done"]:
-                self.run_cell(cell, arrays, probes)
+                self.run_cell(cell, arrays)
         results.write_text(self.workdir / "lr_probe.md", self.probe_table())
         cells = self.train_cells()
         for cell in cells:
             if cell.id not in self.meta["done"]:
-                self.run_cell(cell, arrays, cells)
+                self.run_cell(cell, arrays)
         return self.write_outputs(cells)
 
     def data_lines(self) -> str:
@@ -484,6 +503,8 @@ class Sweep:
             for lr in probe.grid:
                 values = bpb[np.asarray(result["lrs"]) == float(lr)]
                 mark = "**winner**" if float(lr) == result["winner"] else ""
+                if mark and float(lr) in (min(probe.grid), max(probe.grid)):
+                    mark += " (edge of the grid)"
                 rows.append(
                     [
                         trainer_label(config, cell.trainer),
@@ -520,8 +541,14 @@ class Sweep:
             if paired:
                 row.append(_mean_std(values["local"] - values["bptt"], signed=True))
             rows.append(row)
-        lrs = ", ".join(
-            f"{trainer_label(config, c.trainer)} {c.lrs[0]:g} (depth {c.depth})" for c in cells
+        lrs = "; ".join(
+            f"{trainer_label(config, t)} "
+            + ", ".join(
+                f"{c.lrs[0]:g}" + ("" if len({d.lrs[0] for d in mine}) == 1 else f" (L={c.depth})")
+                for c in (mine[:1] if len({d.lrs[0] for d in mine}) == 1 else mine)
+            )
+            for t in trainers
+            for mine in [[c for c in cells if c.trainer == t]]
         )
         return (
             f"Held-out {split} bits per byte after {config.steps} steps of Adam "

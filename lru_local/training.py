@@ -66,7 +66,7 @@ def _update(params, opt_state, grads, lr):
 
 def _finish(state: TrainState, grads, lr, loss, **extra):
     params, opt_state = _update(state.params, state.opt_state, grads, lr)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **extra}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **extra}
     return TrainState(params, opt_state, state.key, state.step + 1), metrics
 
 
@@ -179,7 +179,7 @@ def make_trainer(
                     params, layer_states, x_j, x_next_j, noise, weights
                 )
                 params, opt_state = _update(params, opt_state, grads, lr)
-                return (params, opt_state, layer_states), (losses, optax.global_norm(grads))
+                return (params, opt_state, layer_states), (losses, optax.tree.norm(grads))
 
             zero = [traces.TRACE_ENGINE.init(batch, cfg, dtype) for _ in range(cfg.depth)]
             (params, opt_state, _), (losses, norms) = jax.lax.scan(
