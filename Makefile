@@ -2,7 +2,7 @@
 PY ?= python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install data run test bench lint
+.PHONY: install data run alignment test bench lint
 
 install:
 	$(PY) -m pip install -q -e ".[test,dev]"
@@ -14,6 +14,9 @@ data:
 	fi
 
 run: install data
+	$(PY) -m experiments.enwik8_depth --config=experiments/configs/enwik8_depth.py:quick
+
+alignment: install data
 	$(PY) -m experiments.gradient_alignment --config=experiments/configs/gradient_alignment.py:cpu
 
 test: install data
@@ -21,6 +24,7 @@ test: install data
 
 bench: install data
 	$(PY) -m experiments.benchmarks.lru_local_grads
+	$(PY) -m experiments.benchmarks.enwik8_depth --memory
 
 lint: install
 	ruff check . && ruff format --check .

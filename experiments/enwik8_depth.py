@@ -119,7 +119,7 @@ class Sweep:
         self.rates: dict[str, float] = {}  # seconds per (step · layer · lane), per trainer
         self._chunk_fns: dict = {}
         self._eval_fn = jax.jit(
-            jax.vmap(training.stream_eval, in_axes=(0, None, None)), static_argnums=2
+            jax.vmap(training.stream_eval, in_axes=(0, None, None, None)), static_argnums=(2, 3)
         )
         self._streams: dict = {}
 
@@ -261,7 +261,14 @@ class Sweep:
         """Bits per byte of every lane's params on the (capped) split, read in order."""
         streams, n_scored = self.streams(split_name, cap)
         sums = np.asarray(
-            jax.device_get(self._eval_fn(params, jnp.asarray(streams), self.config.eval.window)),
+            jax.device_get(
+                self._eval_fn(
+                    params,
+                    jnp.asarray(streams),
+                    self.config.eval.window,
+                    self.config.model.activation,
+                )
+            ),
             np.float64,
         )
         return sums.sum(axis=-1) / n_scored / math.log(2.0)
@@ -309,7 +316,7 @@ class Sweep:
         tokens_per_step = config.batch_size * config.seq_len * len(cell.lrs)
         diverged = np.zeros(len(cell.lrs), bool)
         temp_bytes = compile_s = 0.0
-        train_s = 0.0
+        train_s = tokens_run = 0.0  # this process's share (a resumed cell ran part elsewhere)
         for index in range(start_chunk, len(bounds)):
             first = bounds[index]
             n = min(config.chunk_steps, cell.steps - first)
@@ -334,6 +341,7 @@ class Sweep:
             metrics = jax.device_get(metrics)
             seconds = time.perf_counter() - tick
             train_s += seconds
+            tokens_run += tokens_per_step * n
             self.rates[cell.trainer] = seconds / (n * cell.depth * len(cell.lrs))
             diverged |= self._check_finite(cell, metrics, first)
             loss = np.asarray(metrics["loss"], np.float64)  # [lanes, n]
@@ -366,7 +374,7 @@ class Sweep:
             )
             self.meta["current"] = {"cell": cell.id, "chunk": index + 1}
             self._save(state)
-        self._finish_cell(cell, state, diverged, temp_bytes, compile_s, train_s)
+        self._finish_cell(cell, state, diverged, temp_bytes, compile_s, train_s, tokens_run)
 
     def _check_finite(self, cell: Cell, metrics: dict, first: int) -> np.ndarray:
         """Lanes that went non-finite; in a training cell that is an error naming the culprit."""
@@ -385,7 +393,7 @@ class Sweep:
                 )
         return bad
 
-    def _finish_cell(self, cell, state, diverged, temp_bytes, compile_s, train_s) -> None:
+    def _finish_cell(self, cell, state, diverged, temp_bytes, compile_s, train_s, tokens_run):
         config = self.config
         tick = time.perf_counter()
         if cell.kind == "probe":
@@ -400,12 +408,6 @@ class Sweep:
                     f"depth {cell.depth}; add smaller values to --config.lr_probe.grid"
                 )
             winner = min(grid, key=lambda lr: means[lr])
-            if winner in (min(grid), max(grid)) and len(grid) > 1:
-                print(
-                    f"note: the probe's winner {winner:g} is at the edge of lr_probe.grid; "
-                    "extending the grid may find a better rate",
-                    flush=True,
-                )
             result = {
                 "lrs": list(cell.lrs),
                 "seeds": list(cell.seeds),
@@ -418,6 +420,12 @@ class Sweep:
                 + f" -> {winner:g}",
                 flush=True,
             )
+            if winner in (min(grid), max(grid)) and len(grid) > 1:
+                print(
+                    f"note: the probe's winner {winner:g} is at the edge of lr_probe.grid; "
+                    "extending the grid may find a better rate",
+                    flush=True,
+                )
         else:
             valid = self.evaluate(state.params, "valid", config.eval.valid_bytes)
             test = self.evaluate(state.params, "test", config.eval.test_bytes)
@@ -427,13 +435,7 @@ class Sweep:
                 "test_bpb": [float(v) for v in test],
                 "train_seconds": train_s,
                 "compile_seconds": compile_s,
-                "tokens_per_s": config.steps
-                * config.batch_size
-                * config.seq_len
-                * len(cell.lrs)
-                / max(train_s, 1e-9)
-                if train_s
-                else None,
+                "tokens_per_s": tokens_run / train_s if train_s else None,
                 "chunk_temp_bytes": temp_bytes,
             }
             self._append_metrics(
@@ -615,6 +617,7 @@ class Sweep:
         }
         results.write_json(self.workdir / "summary.json", summary)
         print(table, flush=True)
+        print(f"sweep time {summary['elapsed_s'] / 60:.1f} min (training, probes, evaluation)")
         return summary
 
 
@@ -644,19 +647,22 @@ def run(config, workdir: str | Path) -> dict:
     return Sweep(config, workdir).run()
 
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/enwik8_depth.py", "Study config.", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Output directory (default results/enwik8_depth/<preset>)."
-)
+def main() -> None:
+    """Command-line entry point (flags are defined here so that importing the module is free)."""
+    config_flag = config_flags.DEFINE_config_file(
+        "config", "experiments/configs/enwik8_depth.py", "Study config.", lock_config=True
+    )
+    workdir_flag = flags.DEFINE_string(
+        "workdir", None, "Output directory (default results/enwik8_depth/<preset>)."
+    )
 
+    def run_main(argv):
+        del argv
+        config = config_flag.value
+        run(config, workdir_flag.value or f"results/enwik8_depth/{config.preset}")
 
-def main(argv):
-    del argv
-    config = _CONFIG.value
-    run(config, _WORKDIR.value or f"results/enwik8_depth/{config.preset}")
+    app.run(run_main)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

@@ -159,19 +159,25 @@ def run(config, workdir: str | Path) -> dict:
     return summary
 
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/gradient_alignment.py", "Diagnostic config.", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Output directory (default results/gradient_alignment/<preset>)."
-)
+def main() -> None:
+    """Command-line entry point (flags are defined here so that importing the module is free)."""
+    config_flag = config_flags.DEFINE_config_file(
+        "config",
+        "experiments/configs/gradient_alignment.py",
+        "Diagnostic config.",
+        lock_config=True,
+    )
+    workdir_flag = flags.DEFINE_string(
+        "workdir", None, "Output directory (default results/gradient_alignment/<preset>)."
+    )
 
+    def run_main(argv):
+        del argv
+        config = config_flag.value
+        run(config, workdir_flag.value or f"results/gradient_alignment/{config.preset}")
 
-def main(argv):
-    del argv
-    config = _CONFIG.value
-    run(config, _WORKDIR.value or f"results/gradient_alignment/{config.preset}")
+    app.run(run_main)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

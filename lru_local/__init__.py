@@ -18,10 +18,10 @@ from lru_local.traces import LayerTrace, local_grads, online_init, online_step
 def apply(params: dict, tokens: jax.Array, cfg: Config) -> jax.Array:
     """Next-byte logits: tokens int [B, T] -> logits [B, T-1, vocab] predicting tokens[:, 1:]."""
     validation.check_sequence_call(params, tokens, cfg)
-    return _apply_jit(params, tokens)
+    return _apply_jit(params, tokens, cfg.activation)
 
 
-_apply_jit = jax.jit(model.logits)
+_apply_jit = jax.jit(model.logits, static_argnums=2)
 
 __all__ = [
     "Config",

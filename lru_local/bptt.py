@@ -11,9 +11,9 @@ from lru_local import model, validation
 from lru_local.config import Config
 
 
-def task_loss_bptt(params: dict, tokens: jax.Array) -> jax.Array:
+def task_loss_bptt(params: dict, tokens: jax.Array, activation: str = "none") -> jax.Array:
     """Mean next-byte CE in nats of the full stack (gradients flow through depth and time)."""
-    ys, _, _ = model.stack_forward(params, tokens[:, :-1], local=False)
+    ys, _, _ = model.stack_forward(params, tokens[:, :-1], local=False, activation=activation)
     return jnp.mean(model.task_loss(params["decoder"], ys[-1], tokens[:, 1:]))
 
 
@@ -29,8 +29,7 @@ def bptt_grads(params: dict, tokens: jax.Array, cfg: Config):
 
 @jax.jit(static_argnames="cfg")
 def _bptt_jit(params, tokens, cfg):
-    del cfg  # shapes come from params; cfg is static for a uniform, validated signature
-    return jax.value_and_grad(task_loss_bptt)(params, tokens)
+    return jax.value_and_grad(task_loss_bptt)(params, tokens, cfg.activation)
 
 
 def bits_per_byte(ce_nats):

@@ -22,6 +22,8 @@ class Config:
       noise_std: σ of the denoising target x̃_{t+1} = E[x_{t+1}] + σ·ε of hidden layers.
       d_init_std: std of the skip weights D at init (small: D multiplies the residual stream).
       embed_std: std of the entries of the fixed embedding E.
+      activation: φ in y_t = φ(Re(C s_t)) + D ⊙ u_t: "none" (the post's linear readout) or
+        "gelu". The traces are exact for either (φ acts downstream of the state).
     """
 
     d_model: int = 64
@@ -34,6 +36,7 @@ class Config:
     noise_std: float = 0.1
     d_init_std: float = 0.1
     embed_std: float = 1.0
+    activation: str = "none"
 
     def __post_init__(self):
         for name in ("d_model", "d_state", "depth", "vocab"):
@@ -49,6 +52,9 @@ class Config:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"Config.{name} must be a finite number >= 0, got {value!r}")
+
+        if self.activation not in ("none", "gelu"):
+            raise ValueError(f"Config.activation must be 'none' or 'gelu', got {self.activation!r}")
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> Config:

@@ -3,7 +3,11 @@
 Layer ℓ (Zucchet et al.; Orvieto et al. 2023), with u^ℓ_t ∈ R^H the residual stream entering it:
 
     s_t = λ ⊙ s_{t-1} + B u_t,        λ = exp(-exp(nu_log) + i·theta)          s_t ∈ C^N
-    y_t = Re(C s_t) + D ⊙ u_t,        u^{ℓ+1}_t = u^ℓ_t + y^ℓ_t                  y_t ∈ R^H
+    y_t = φ(Re(C s_t)) + D ⊙ u_t,     u^{ℓ+1}_t = u^ℓ_t + y^ℓ_t                  y_t ∈ R^H
+
+φ is the identity in the post's stack (Config.activation = "none": the whole stack is then linear
+in the embeddings up to the softmax) or GELU (Config.activation = "gelu"). Either way φ acts after
+the state, so the traces stay exact: δ_t = ∂L_t/∂s_t simply passes through φ'.
 
 Parameters are stored as real arrays so gradients are real and comparable leaf by leaf:
 
@@ -80,9 +84,13 @@ def input_projection(layer: dict, u: jax.Array) -> jax.Array:
     return u @ layer["B_re"].T + 1j * (u @ layer["B_im"].T)
 
 
-def layer_output(layer: dict, s: jax.Array, u: jax.Array) -> jax.Array:
-    """y_t = Re(C s_t) + D ⊙ u_t for s complex [..., N], u [..., H] -> [..., H]."""
-    return s.real @ layer["C_re"].T - s.imag @ layer["C_im"].T + layer["D"] * u
+ACTIVATIONS = {"none": lambda x: x, "gelu": jax.nn.gelu}
+
+
+def layer_output(layer: dict, s: jax.Array, u: jax.Array, activation: str = "none") -> jax.Array:
+    """y_t = φ(Re(C s_t)) + D ⊙ u_t for s complex [..., N], u [..., H] -> [..., H]."""
+    readout = s.real @ layer["C_re"].T - s.imag @ layer["C_im"].T
+    return ACTIVATIONS[activation](readout) + layer["D"] * u
 
 
 def denoise_loss(head: dict, y: jax.Array, target: jax.Array) -> jax.Array:
@@ -127,7 +135,14 @@ def lru_scan(layer: dict, u: jax.Array, s_init: jax.Array | None = None) -> jax.
     return jax.lax.associative_scan(combine, (decay, bu), axis=1)[1]
 
 
-def stack_forward(params: dict, inputs: jax.Array, *, local: bool, s_init: list | None = None):
+def stack_forward(
+    params: dict,
+    inputs: jax.Array,
+    *,
+    local: bool,
+    s_init: list | None = None,
+    activation: str = "none",
+):
     """Runs the residual stack on input bytes.
 
     Args:
@@ -136,6 +151,7 @@ def stack_forward(params: dict, inputs: jax.Array, *, local: bool, s_init: list 
       local: if True, each layer's input u^ℓ is stop-gradded, so autodiff of layer ℓ's loss
         reaches θ^ℓ only (the local objective); if False, gradients flow through depth (BPTT).
       s_init: optional per-layer initial states, complex [B, N] each.
+      activation: φ of the layer readout (Config.activation).
     Returns:
       ys: per-layer outputs y^ℓ [B, T, H]; us: per-layer inputs u^ℓ [B, T, H];
       s_last: per-layer final states s^ℓ_{T-1}, complex [B, N].
@@ -145,7 +161,7 @@ def stack_forward(params: dict, inputs: jax.Array, *, local: bool, s_init: list 
     for ell, layer in enumerate(params["layers"]):
         u_in = jax.lax.stop_gradient(u) if local else u
         s = lru_scan(layer, u_in, None if s_init is None else s_init[ell])
-        y = layer_output(layer, s, u_in)
+        y = layer_output(layer, s, u_in, activation)
         ys.append(y)
         us.append(u_in)
         s_last.append(s[:, -1])
@@ -153,7 +169,7 @@ def stack_forward(params: dict, inputs: jax.Array, *, local: bool, s_init: list 
     return ys, us, s_last
 
 
-def logits(params: dict, tokens: jax.Array) -> jax.Array:
+def logits(params: dict, tokens: jax.Array, activation: str = "none") -> jax.Array:
     """Next-byte logits: tokens int [B, T] -> logits [B, T-1, V] predicting tokens[:, 1:]."""
-    ys, _, _ = stack_forward(params, tokens[:, :-1], local=False)
+    ys, _, _ = stack_forward(params, tokens[:, :-1], local=False, activation=activation)
     return ys[-1] @ params["decoder"]["W"] + params["decoder"]["b"]

@@ -26,9 +26,9 @@ def _all_noise(key, batch, steps, cfg, dtype):
     return jnp.transpose(per_step, (1, 2, 0, 3))
 
 
-def local_objective(params, tokens, noise):
+def local_objective(params, tokens, noise, activation: str = "none"):
     """Σ_ℓ L^ℓ with stop-gradded layer inputs: returns (total, per-layer losses [L])."""
-    ys, _, _ = model.stack_forward(params, tokens[:, :-1], local=True)
+    ys, _, _ = model.stack_forward(params, tokens[:, :-1], local=True, activation=activation)
     next_tokens = tokens[:, 1:]
     target_embedding = model.embed(params, next_tokens)
     losses = [
@@ -50,7 +50,9 @@ def local_grads_autodiff(params: dict, tokens: jax.Array, key: jax.Array, cfg: C
 def _autodiff_jit(params, tokens, key, cfg):
     batch, length = tokens.shape
     noise = _all_noise(key, batch, length - 1, cfg, params["embed"].dtype)
-    grads, losses = jax.grad(lambda p: local_objective(p, tokens, noise), has_aux=True)(params)
+    grads, losses = jax.grad(
+        lambda p: local_objective(p, tokens, noise, cfg.activation), has_aux=True
+    )(params)
     return losses, grads
 
 

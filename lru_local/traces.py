@@ -92,7 +92,9 @@ def layer_trace_grads(layer: dict, trace: LayerTrace, delta: jax.Array) -> dict:
     }
 
 
-def readout_loss(readout: dict, s_re, s_im, u, target, weights, *, is_task: bool):
+def readout_loss(
+    readout: dict, s_re, s_im, u, target, weights, *, is_task: bool, activation: str = "none"
+):
     """Weighted sum over steps of layer ℓ's batch-mean instantaneous loss, given its states.
 
     readout: {"C_re", "C_im", "D", "head"}; s_re, s_im [C, B, N] (C steps); u [C, B, H];
@@ -101,7 +103,7 @@ def readout_loss(readout: dict, s_re, s_im, u, target, weights, *, is_task: bool
     The loss of step c depends on s_c only, so its gradient w.r.t. s is the per-step local error
     δ_c (times w_c): C instantaneous errors batched, no gradient crosses a timestep.
     """
-    y = model.layer_output(readout, s_re + 1j * s_im, u)
+    y = model.layer_output(readout, s_re + 1j * s_im, u, activation)
     if is_task:
         per_row = model.task_loss(readout["head"], y, target)
     else:
@@ -144,13 +146,16 @@ TRACE_ENGINE = RecurrentEngine(
 )
 
 
-def chunk_step(params, layer_states, x, x_next, noise, weights, engine=TRACE_ENGINE):
+def chunk_step(
+    params, layer_states, x, x_next, noise, weights, engine=TRACE_ENGINE, activation="none"
+):
     """C consecutive online steps of every layer: states, local errors, gradients.
 
     Args:
       x, x_next: current and next bytes, int [C, B] (time-major).
       noise: σ·ε per step [C, L-1, B, H].
       weights: per-step loss weights w_c [C] (1/(T-1) for a time average, 0 for padding).
+      activation: φ of the layer readout (Config.activation).
     Returns:
       (layer_states after the C steps, losses [L] = Σ_c w_c mean_b L^ℓ_c, grads like params).
 
@@ -178,6 +183,7 @@ def chunk_step(params, layer_states, x, x_next, noise, weights, engine=TRACE_ENG
             target,
             weights,
             is_task=is_task,
+            activation=activation,
         )
 
         def trace_body(carry, inputs, layer=layer):
@@ -234,6 +240,7 @@ def scan_local_grads(params, tokens, key, cfg, engine=TRACE_ENGINE, chunk: int =
             denoise_noise_at(key, t, batch, cfg, dtype),
             weights,
             engine,
+            cfg.activation,
         )
         grad_sum = jax.tree_util.tree_map(jnp.add, grad_sum, grads)
         return (c + 1, layer_states, loss_sum + losses, grad_sum), None
@@ -282,7 +289,15 @@ def online_step(params, carry, token_t, token_next, key, cfg: Config, loss_scale
 def _online_step_jit(params, carry, token_t, token_next, key, loss_scale, cfg):
     noise = denoise_noise(key, token_t.shape[0], cfg, params["embed"].dtype)
     weights = jnp.full((1,), loss_scale, params["embed"].dtype)
-    return chunk_step(params, carry, token_t[None], token_next[None], noise[None], weights)
+    return chunk_step(
+        params,
+        carry,
+        token_t[None],
+        token_next[None],
+        noise[None],
+        weights,
+        activation=cfg.activation,
+    )
 
 
 def local_grads(params: dict, tokens: jax.Array, key: jax.Array, cfg: Config, *, chunk: int = 32):

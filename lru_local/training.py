@@ -74,10 +74,12 @@ def _step_key(state: TrainState) -> jax.Array:
     return jax.random.fold_in(state.key, state.step)
 
 
-def window_task_loss(params: dict, tokens: jax.Array, s_init: list):
+def window_task_loss(params: dict, tokens: jax.Array, s_init: list, activation: str = "none"):
     """Mean CE of tokens [B, w+1] with the states before it s_init (stop-gradded): (CE, s_last)."""
     s_init = jax.lax.stop_gradient(s_init)
-    ys, _, s_last = model.stack_forward(params, tokens[:, :-1], local=False, s_init=s_init)
+    ys, _, s_last = model.stack_forward(
+        params, tokens[:, :-1], local=False, s_init=s_init, activation=activation
+    )
     return jnp.mean(model.task_loss(params["decoder"], ys[-1], tokens[:, 1:])), s_last
 
 
@@ -102,7 +104,7 @@ def tbptt_grads(params: dict, tokens: jax.Array, cfg: Config, window: int):
     def body(carry, j):
         states, loss_sum, grad_sum = carry
         x = jax.lax.dynamic_slice_in_dim(tokens, j * window, window + 1, axis=1)
-        (loss, states), grads = grad_fn(params, x, states)
+        (loss, states), grads = grad_fn(params, x, states, cfg.activation)
         grad_sum = jax.tree_util.tree_map(jnp.add, grad_sum, grads)
         return (states, loss_sum + loss, grad_sum), None
 
@@ -141,7 +143,7 @@ def make_trainer(
     if name == "bptt":
 
         def step(state, tokens, lr):
-            loss, grads = jax.value_and_grad(task_loss_bptt)(state.params, tokens)
+            loss, grads = jax.value_and_grad(task_loss_bptt)(state.params, tokens, cfg.activation)
             return _finish(state, grads, lr, loss)
 
     elif name == "local":
@@ -176,7 +178,7 @@ def make_trainer(
                 t = j * every + jnp.arange(every)
                 noise = traces.denoise_noise_at(key, t, batch, cfg, dtype)
                 layer_states, losses, grads = traces.chunk_step(
-                    params, layer_states, x_j, x_next_j, noise, weights
+                    params, layer_states, x_j, x_next_j, noise, weights, activation=cfg.activation
                 )
                 params, opt_state = _update(params, opt_state, grads, lr)
                 return (params, opt_state, layer_states), (losses, optax.tree.norm(grads))
@@ -197,7 +199,9 @@ def make_trainer(
     return Trainer(name, _init, step)
 
 
-def stream_eval(params: dict, streams: jax.Array, window: int) -> jax.Array:
+def stream_eval(
+    params: dict, streams: jax.Array, window: int, activation: str = "none"
+) -> jax.Array:
     """Summed next-byte CE (nats) of streams int [S, M+1] read in order, state carried.
 
     Each of the S rows is a contiguous stretch of text; it is read in M/w consecutive windows of
@@ -213,7 +217,9 @@ def stream_eval(params: dict, streams: jax.Array, window: int) -> jax.Array:
 
     def body(states, j):
         x = jax.lax.dynamic_slice_in_dim(streams, j * window, window + 1, axis=1)
-        ys, _, states = model.stack_forward(params, x[:, :-1], local=False, s_init=states)
+        ys, _, states = model.stack_forward(
+            params, x[:, :-1], local=False, s_init=states, activation=activation
+        )
         return states, jnp.sum(model.task_loss(params["decoder"], ys[-1], x[:, 1:]))
 
     states = [jnp.zeros((n_streams, d_state), ctype) for _ in params["layers"]]

@@ -5,8 +5,8 @@ r"""The enwik8 depth study: one residual LRU stack, trained by BPTT and by local
 Presets (`:arg`):
   smoke   seconds; depths {1, 2}, H = N = 8, 6 steps. For tests only.
   quick   what `make run` runs (about 15 min on 2 CPU cores): depths {1, 2, 4, 6}, BPTT and
-          local, H = N = 64, B = 16, T = 128, 1500 steps, 2 seeds, LR probe at depth 2,
-          full validation and test splits.
+          local, H = N = 64, B = 16, T = 128, 1500 steps, 2 seeds, LR probe at depth 2 over
+          {1e-3, 3e-3, 1e-2, 3e-2}, full validation and test splits.
   cpu     the fullest sweep that fits a few hours on 2 cores (not run in CI): depths
           {1, 2, 4, 6}; BPTT, local, truncated BPTT (w = 16) and online (k = 16); H = N = 64,
           B = 32, T = 256, 3000 steps, 3 seeds, LR probe at depths 1 and 4.
@@ -33,7 +33,9 @@ Fields (overrides like `--config.steps=500`; unknown keys are rejected):
   lr_probe: grid, steps, num_seeds, depths (each depth uses the winner of the nearest probed
     depth), eval_bytes (validation bytes scored per probe run).
   eval: streams, window, valid_bytes, test_bytes (0 = the whole split; otherwise a cap).
-  model: lru_local.Config fields other than depth.
+  model: lru_local.Config fields other than depth. model.activation = "none" is the post's
+    linear readout y = Re(C s) + D u (the stack is then linear in the embeddings up to the
+    softmax); "gelu" makes it y = GELU(Re(C s)) + D u (traces stay exact).
 """
 
 import ml_collections
@@ -60,7 +62,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.online_every = 16
     c.trace_chunk = 32
     c.lr_probe = ml_collections.ConfigDict(
-        {"grid": [1e-3, 3e-3, 1e-2], "steps": 200, "num_seeds": 2, "depths": [2], "eval_bytes": 0}
+        {
+            "grid": [1e-3, 3e-3, 1e-2, 3e-2],
+            "steps": 200,
+            "num_seeds": 2,
+            "depths": [2],
+            "eval_bytes": 0,
+        }
     )
     c.eval = ml_collections.ConfigDict(
         {"streams": 16, "window": 128, "valid_bytes": 0, "test_bytes": 0}
@@ -75,6 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "noise_std": 0.1,
             "d_init_std": 0.1,
             "embed_std": 1.0,
+            "activation": "none",
         }
     )
     if preset == "smoke":

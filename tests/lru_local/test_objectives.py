@@ -11,21 +11,23 @@ from lru_local import model, reference, traces
 from tests.lru_local.compare import max_relative_errors
 
 
-def _setup(depth, d_model, d_state, batch, length, seed):
-    cfg = lru_local.Config(d_model=d_model, d_state=d_state, depth=depth, noise_std=0.3)
+def _setup(depth, d_model, d_state, batch, length, seed, activation="none"):
+    cfg = lru_local.Config(
+        d_model=d_model, d_state=d_state, depth=depth, noise_std=0.3, activation=activation
+    )
     k_params, k_tokens, k_noise = jax.random.split(jax.random.key(seed), 3)
     params = lru_local.init(k_params, cfg, dtype=jnp.float64)
     tokens = jax.random.randint(k_tokens, (batch, length), 0, cfg.vocab, dtype=jnp.int32)
     return cfg, params, tokens, k_noise
 
 
-@pytest.mark.parametrize("length", [16, 64])
-def test_central_finite_differences_every_parameter_kind(length):
+@pytest.mark.parametrize("length, activation", [(16, "none"), (64, "none"), (16, "gelu")])
+def test_central_finite_differences_every_parameter_kind(length, activation):
     """(L^ℓ(θ + h e_k) - L^ℓ(θ - h e_k)) / 2h for sampled coordinates of θ^ℓ vs local_grads."""
-    cfg, params, tokens, key = _setup(3, 5, 4, 2, length, seed=length)
+    cfg, params, tokens, key = _setup(3, 5, 4, 2, length, seed=length, activation=activation)
     _, grads = lru_local.local_grads(params, tokens, key, cfg)
     noise = reference._all_noise(key, 2, length - 1, cfg, jnp.float64)
-    per_layer_losses = jax.jit(lambda p: reference.local_objective(p, tokens, noise)[1])
+    per_layer_losses = jax.jit(lambda p: reference.local_objective(p, tokens, noise, activation)[1])
     rng = np.random.default_rng(length)
     h = 1e-6
     checked = set()
@@ -54,9 +56,9 @@ def test_central_finite_differences_every_parameter_kind(length):
     assert {"nu_log", "theta", "B_re", "B_im", "C_re", "C_im", "D", "heads", "decoder"} <= checked
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_depth_one_local_equals_bptt(seed):
-    cfg, params, tokens, key = _setup(1, 6, 5, 3, 20, seed)
+@pytest.mark.parametrize("seed, activation", [(0, "none"), (1, "none"), (2, "gelu")])
+def test_depth_one_local_equals_bptt(seed, activation):
+    cfg, params, tokens, key = _setup(1, 6, 5, 3, 20, seed, activation)
     losses, grads = lru_local.local_grads(params, tokens, key, cfg)
     loss, bptt = lru_local.bptt_grads(params, tokens, cfg)
     np.testing.assert_allclose(losses[0], loss, rtol=1e-12)

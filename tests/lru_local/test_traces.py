@@ -24,17 +24,27 @@ CASES = [
 ]
 
 
-def _problem(depth, d_model, d_state, batch, length, seed, dtype=jnp.float64):
-    cfg = lru_local.Config(d_model=d_model, d_state=d_state, depth=depth, noise_std=0.3)
+def _problem(depth, d_model, d_state, batch, length, seed, dtype=jnp.float64, activation="none"):
+    cfg = lru_local.Config(
+        d_model=d_model, d_state=d_state, depth=depth, noise_std=0.3, activation=activation
+    )
     k_params, k_tokens, k_noise = jax.random.split(jax.random.key(seed), 3)
     params = lru_local.init(k_params, cfg, dtype=dtype)
     tokens = jax.random.randint(k_tokens, (batch, length), 0, cfg.vocab, dtype=jnp.int32)
     return cfg, params, tokens, k_noise
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "L{}_H{}_N{}_B{}_T{}_s{}".format(*c))
-def test_trace_engine_matches_autodiff_and_jvp_float64(case):
-    cfg, params, tokens, key = _problem(*case)
+GELU_CASES = [(1, 5, 4, 2, 12, 10), (3, 6, 5, 2, 10, 11), (5, 4, 6, 2, 9, 12)]
+
+
+@pytest.mark.parametrize(
+    "case, activation",
+    [(c, "none") for c in CASES] + [(c, "gelu") for c in GELU_CASES],
+    ids=lambda c: "L{}_H{}_N{}_B{}_T{}_s{}".format(*c) if isinstance(c, tuple) else c,
+)
+def test_trace_engine_matches_autodiff_and_jvp_float64(case, activation):
+    """Also with a GELU readout φ: φ acts after the state, so the traces stay exact."""
+    cfg, params, tokens, key = _problem(*case, activation=activation)
     losses, grads = lru_local.local_grads(params, tokens, key, cfg)
     ref_losses, ref_grads = lru_local.local_grads_autodiff(params, tokens, key, cfg)
     jvp_losses, jvp_grads = lru_local.local_grads_jvp(params, tokens, key, cfg)

@@ -12,8 +12,10 @@ from lru_local import model, training
 from tests.lru_local.compare import max_relative_errors
 
 
-def _setup(depth, length=16, batch=3, seed=0, d_model=6, d_state=5):
-    cfg = lru_local.Config(d_model=d_model, d_state=d_state, depth=depth, noise_std=0.3)
+def _setup(depth, length=16, batch=3, seed=0, d_model=6, d_state=5, activation="none"):
+    cfg = lru_local.Config(
+        d_model=d_model, d_state=d_state, depth=depth, noise_std=0.3, activation=activation
+    )
     k_params, k_tokens, k_noise = jax.random.split(jax.random.PRNGKey(seed), 3)
     params = lru_local.init(k_params, cfg, dtype=jnp.float64)
     tokens = jax.random.randint(k_tokens, (batch, length + 1), 0, cfg.vocab, dtype=jnp.int32)
@@ -31,9 +33,9 @@ def _assert_trees_close(actual, expected, rtol):
     assert max(errors.values()) <= rtol, errors
 
 
-@pytest.mark.parametrize("depth", [1, 3])
-def test_tbptt_with_one_window_is_bptt(depth):
-    cfg, params, tokens, _ = _setup(depth)
+@pytest.mark.parametrize("depth, activation", [(1, "none"), (3, "none"), (3, "gelu")])
+def test_tbptt_with_one_window_is_bptt(depth, activation):
+    cfg, params, tokens, _ = _setup(depth, activation=activation)
     loss, grads = training.tbptt_grads(params, tokens, cfg, window=16)
     ref_loss, ref_grads = lru_local.bptt_grads(params, tokens, cfg)
     chex.assert_trees_all_close(loss, ref_loss, rtol=1e-12)
@@ -85,8 +87,9 @@ def test_one_trainer_step_is_adam_on_the_trainers_gradient(name):
     chex.assert_trees_all_equal(state.params["embed"], params["embed"])  # E stays frozen
 
 
-def test_online_with_one_update_per_window_is_the_local_trainer():
-    cfg, params, tokens, key = _setup(3)
+@pytest.mark.parametrize("activation", ["none", "gelu"])
+def test_online_with_one_update_per_window_is_the_local_trainer(activation):
+    cfg, params, tokens, key = _setup(3, activation=activation)
     lr = jnp.float64(1e-2)
     online = training.make_trainer("online", cfg, seq_len=16, every=16)
     local = training.make_trainer("local", cfg, seq_len=16)
@@ -125,9 +128,10 @@ def test_online_updates_every_k_tokens_with_states_carried():
     chex.assert_trees_all_close(metrics["loss"], np.mean(losses), rtol=1e-12)
 
 
-def test_depth_one_trainers_agree_over_many_steps():
+@pytest.mark.parametrize("activation", ["none", "gelu"])
+def test_depth_one_trainers_agree_over_many_steps(activation):
     """At depth 1 the local objective is the task objective: BPTT and local stay together."""
-    cfg, params, tokens, key = _setup(1)
+    cfg, params, tokens, key = _setup(1, activation=activation)
     lr = jnp.float64(1e-2)
     states = {}
     for name in ("bptt", "local"):
@@ -140,18 +144,22 @@ def test_depth_one_trainers_agree_over_many_steps():
     _assert_trees_close(states["local"], states["bptt"], 1e-8)
 
 
-def test_stream_eval_carries_state_exactly():
+@pytest.mark.parametrize("activation", ["none", "gelu"])
+def test_stream_eval_carries_state_exactly(activation):
     """Reading rows in windows with carried state scores each byte as one long sequence does."""
-    cfg, params, _, _ = _setup(3, d_model=4, d_state=3)
+    cfg, params, _, _ = _setup(3, d_model=4, d_state=3, activation=activation)
     streams = jax.random.randint(jax.random.PRNGKey(7), (2, 25), 0, 256, dtype=jnp.int32)
-    sums = training.stream_eval(params, streams, window=8)
+    sums = training.stream_eval(params, streams, window=8, activation=activation)
     assert sums.shape == (3,)
-    logits = model.logits(params, streams)
+    logits = model.logits(params, streams, activation)
     ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), streams[:, 1:, None], axis=-1)[..., 0]
     expected = ce.reshape(2, 3, 8).sum(axis=(0, 2))
     chex.assert_trees_all_close(sums, expected, rtol=1e-12)
     # Without carrying the state the windows' scores change: the carry is doing something.
-    fresh = [training.stream_eval(params, streams[:, 8 * j : 8 * j + 9], 8)[0] for j in range(3)]
+    fresh = [
+        training.stream_eval(params, streams[:, 8 * j : 8 * j + 9], 8, activation)[0]
+        for j in range(3)
+    ]
     assert abs(float(fresh[1] - sums[1])) > 1e-6
 
 
