@@ -5,8 +5,9 @@ r"""The enwik8 depth study: one residual LRU stack, trained by BPTT and by local
 Presets (`:arg`):
   smoke   seconds; depths {1, 2}, H = N = 8, 6 steps. For tests only.
   quick   what `make run` runs (about 15 min on 2 CPU cores): depths {1, 2, 4, 6}, BPTT and
-          local, H = N = 64, B = 16, T = 128, 1500 steps, 2 seeds, LR probe at depth 2 over
-          {1e-3, 3e-3, 1e-2, 3e-2}, full validation and test splits.
+          local, H = N = 64, B = 16, T = 128, 1500 steps, 2 seeds; an LR probe per trainer and
+          per depth over {1e-3, 3e-3, 1e-2, 3e-2} (200 steps, 1 seed); full validation and
+          test splits.
   cpu     the fullest sweep that fits a few hours on 2 cores (not run in CI): depths
           {1, 2, 4, 6}; BPTT, local, truncated BPTT (w = 16) and online (k = 16); H = N = 64,
           B = 32, T = 256, 3000 steps, 3 seeds, LR probe at depths 1 and 4.
@@ -100,7 +101,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.update({"d_model": 8, "d_state": 8})
     elif preset == "quick":
         c.steps = 1500
-        c.lr_probe.eval_bytes = 262_144
+        c.lr_probe.update({"num_seeds": 1, "depths": [1, 2, 4, 6], "eval_bytes": 262_144})
     elif preset == "cpu":
         c.trainers = ["bptt", "local", "tbptt", "online"]
         c.steps = 3000
