@@ -121,7 +121,7 @@ def memory_table(depth: int) -> str:
     for preset in ("cpu", "paper"):
         config = depth_config.get_config(preset)
         cfg = _setup(config, depth)
-        variants = [("local", None), ("tbptt", 16), ("tbptt", 64), ("bptt", None)]
+        variants = [("local", None), ("tbptt", 16), ("tbptt", 32), ("tbptt", 64), ("bptt", None)]
         sizes = {}
         for name, window in variants:
             trainer = _trainer(name, config, cfg, window)

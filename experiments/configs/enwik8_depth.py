@@ -4,24 +4,36 @@ r"""The enwik8 depth study: one residual LRU stack, trained by BPTT and by local
 
 Presets (`:arg`):
   smoke   seconds; depths {1, 2}, H = N = 8, 6 steps. For tests only.
-  quick   what `make run` runs (about 15 min on 2 CPU cores): depths {1, 2, 4, 6}, BPTT and
+  quick   what `make run` runs (11.6 min measured on 2 CPU cores): depths {1, 2, 4, 6}, BPTT and
           local, H = N = 64, B = 16, T = 128, 1500 steps, 2 seeds; an LR probe per trainer and
           per depth over {1e-3, 3e-3, 1e-2, 3e-2} (200 steps, 1 seed); full validation and
           test splits.
-  cpu     the fullest sweep that fits a few hours on 2 cores (not run in CI): depths
-          {1, 2, 4, 6}; BPTT, local, truncated BPTT (w = 16) and online (k = 16); H = N = 64,
-          B = 32, T = 256, 3000 steps, 3 seeds, LR probe at depths 1 and 4.
+  cpu     the fullest sweep that fits a few hours on 2 cores (estimated 3.5-4 h from the quick
+          preset's measured rates; not run yet): depths {1, 2, 4, 6}; BPTT, local, truncated
+          BPTT (w = 32, memory-matched to local) and online (k = 16); H = N = 64, B = 32,
+          T = 256, 3000 steps, 3 seeds; an LR probe per trainer and per depth (300 steps,
+          2 seeds).
   paper   the post's protocol at GPU scale: depths {1, 2, 4, 6}, 3000 steps of Adam, an LR probe
-          over {3e-4, 1e-3, 3e-3, 1e-2} per trainer and per depth, BPTT + local + tbptt(w = 64).
+          over {3e-4, 1e-3, 3e-3, 1e-2} per trainer and per depth, BPTT + local + tbptt(w = 64,
+          memory-matched to local).
           The post gives no widths ("modest widths"); we use H = N = 256, B = 32, T = 1024,
           3 seeds, evaluation on the full validation and test splits.
 
 Truncated BPTT memory (compiled temp memory of one training step, one seed, float32, from
 `jax.jit(step).lower(...).compile().memory_analysis()`; measured by
 `python -m experiments.benchmarks.enwik8_depth --memory`):
-  MEMORY_TABLE_PENDING
-So `--config.tbptt_window=16` is the memory-matched truncated baseline at the cpu sizes; set
-`--config.tbptt_window` to the largest divisor of seq_len whose memory fits the local trainer's.
+
+  sizes (depth 4)          local     tbptt w=16    w=32          w=64           full BPTT (w = T)
+  cpu   H=N=64, B=32,      10.8 MiB  5.8 (0.53x)   11.8 (1.09x)  26.2 (2.42x)   124.8 (11.5x, T=256)
+        T=256
+  paper H=N=256, B=32,     91.0 MiB  21.0 (0.23x)  45.5 (0.50x)  103.0 (1.13x)  2007 (22x, T=1024)
+        T=1024
+
+The local trainer's memory does not grow with T (its 32-step readout chunk is the only
+time-like axis); truncated BPTT's grows linearly in w. So the memory-matched truncated baseline
+is w = 32 at the cpu sizes (the cpu preset's tbptt_window) and w = 64 at the paper sizes (the
+paper preset's); for other sizes pick the largest divisor of seq_len whose memory fits the
+local trainer's.
 
 Fields (overrides like `--config.steps=500`; unknown keys are rejected):
   trainers: any of "bptt", "local", "tbptt", "online" (see lru_local.training).
@@ -104,12 +116,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.lr_probe.update({"num_seeds": 1, "depths": [1, 2, 4, 6], "eval_bytes": 262_144})
     elif preset == "cpu":
         c.trainers = ["bptt", "local", "tbptt", "online"]
+        c.tbptt_window = 32
         c.steps = 3000
         c.chunk_steps = 100
         c.batch_size = 32
         c.seq_len = 256
         c.num_seeds = 3
-        c.lr_probe.update({"steps": 300, "num_seeds": 2, "depths": [1, 4], "eval_bytes": 524_288})
+        c.lr_probe.update(
+            {"steps": 300, "num_seeds": 2, "depths": [1, 2, 4, 6], "eval_bytes": 524_288}
+        )
         c.eval.window = 256
     elif preset == "paper":
         c.trainers = ["bptt", "local", "tbptt"]
