@@ -68,6 +68,9 @@ def check_config(config) -> None:
         raise ValueError(
             f"config.trainers={list(config.trainers)}: choose from {list(training.TRAINERS)}"
         )
+    for name, value in config.seed_batch.items():
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"config.seed_batch.{name} must be an int >= 0, got {value!r}")
     for name in ("steps", "chunk_steps", "batch_size", "seq_len", "num_seeds"):
         value = config[name]
         if not isinstance(value, int) or value < 1:
@@ -105,6 +108,27 @@ def eval_streams(split: np.ndarray, n_streams: int, window: int, cap: int):
         )
     rows = [split[i * per_stream : (i + 1) * per_stream + 1] for i in range(n_streams)]
     return np.stack(rows).astype(np.int32), n_streams * per_stream
+
+
+def lane_chunk(trainer: training.Trainer, seed_batch: int = 0):
+    """(states, batches [C, B, T+1], lrs [lanes]) -> (states, metrics [lanes, C]).
+
+    Each lane (a seed, or a (learning rate, seed) pair in a probe) runs `lax.scan` over the C
+    steps of `trainer.step`, all lanes in one program: one `jax.vmap` over lanes when
+    seed_batch = 0, else `jax.lax.map` over lanes, seed_batch of them vmapped at a time (on CPU
+    the reverse-mode trainers lose throughput to cache pressure when vmapped; see the benchmark).
+    """
+
+    def run(states, batches, lrs):
+        def one(lane):
+            state, lr = lane
+            return jax.lax.scan(lambda s, x: trainer.step(s, x, lr), state, batches)
+
+        if seed_batch == 0:
+            return jax.vmap(one)((states, lrs))
+        return jax.lax.map(one, (states, lrs), batch_size=seed_batch)
+
+    return run
 
 
 class Sweep:
@@ -229,16 +253,10 @@ class Sweep:
         return jax.jit(jax.vmap(one))(jnp.asarray(cell.seeds))
 
     def chunk_fn(self, trainer: training.Trainer, depth: int, state, batches, lrs):
-        """AOT-compiled vmap(lanes) ∘ scan(steps) of trainer.step, cached per shape."""
+        """AOT-compiled `lane_chunk` of the trainer, cached per shape."""
         key = (trainer.name, depth, batches.shape, lrs.shape)
         if key not in self._chunk_fns:
-
-            def run_chunk(states, batches, lrs):
-                def one(state, lr):
-                    return jax.lax.scan(lambda s, x: trainer.step(s, x, lr), state, batches)
-
-                return jax.vmap(one)(states, lrs)
-
+            run_chunk = lane_chunk(trainer, self.config.seed_batch[trainer.name])
             start = time.perf_counter()
             compiled = jax.jit(run_chunk).lower(state, batches, lrs).compile()
             memory = compiled.memory_analysis()

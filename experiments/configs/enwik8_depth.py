@@ -46,6 +46,7 @@ Fields (overrides like `--config.steps=500`; unknown keys are rejected):
   lr_probe: grid, steps, num_seeds, depths (each depth uses the winner of the nearest probed
     depth), eval_bytes (validation bytes scored per probe run).
   eval: streams, window, valid_bytes, test_bytes (0 = the whole split; otherwise a cap).
+  seed_batch: per trainer, 0 = all lanes in one vmap, b = lax.map over lanes, b at a time.
   model: lru_local.Config fields other than depth. model.activation = "none" is the post's
     linear readout y = Re(C s) + D u (the stack is then linear in the embeddings up to the
     softmax); "gelu" makes it y = GELU(Re(C s)) + D u (traces stay exact).
@@ -74,6 +75,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.tbptt_window = 16
     c.online_every = 16
     c.trace_chunk = 32
+    # 0: all seeds (probe: all (lr, seed) lanes) in one jax.vmap; b >= 1: jax.lax.map over
+    # lanes, b vmapped at a time. On CPU, vmapped BPTT loses ~35% throughput to cache pressure
+    # (the associative scan's working set leaves L3), so the CPU presets map the reverse-mode
+    # trainers one lane at a time (`python -m experiments.benchmarks.enwik8_depth`).
+    c.seed_batch = ml_collections.ConfigDict({"bptt": 0, "local": 0, "tbptt": 0, "online": 0})
     c.lr_probe = ml_collections.ConfigDict(
         {
             "grid": [1e-3, 3e-3, 1e-2, 3e-2],
@@ -111,7 +117,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.lr_probe.update({"grid": [3e-3, 1e-2], "steps": 3, "depths": [1], "eval_bytes": 2048})
         c.eval.update({"streams": 4, "window": 16, "valid_bytes": 4096, "test_bytes": 4096})
         c.model.update({"d_model": 8, "d_state": 8})
-    elif preset == "quick":
+    if preset in ("smoke", "quick", "cpu"):
+        c.seed_batch.update({"bptt": 1, "tbptt": 1})
+    if preset == "quick":
         c.steps = 1500
         c.lr_probe.update({"num_seeds": 1, "depths": [1, 2, 4, 6], "eval_bytes": 262_144})
     elif preset == "cpu":
