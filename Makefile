@@ -13,8 +13,11 @@ data:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q dict-gcide dataset-fashion-mnist; \
 	fi
 
+# Trains into runs/ (git-ignored), so a fresh clone really trains instead of re-printing the
+# committed record in results/enwik8_depth/quick (made by the same preset).
 run: install data
-	$(PY) -m experiments.enwik8_depth --config=experiments/configs/enwik8_depth.py:quick
+	$(PY) -m experiments.enwik8_depth --config=experiments/configs/enwik8_depth.py:quick \
+		--workdir=runs/enwik8_depth/quick
 
 alignment: install data
 	$(PY) -m experiments.gradient_alignment --config=experiments/configs/gradient_alignment.py:cpu
