@@ -642,9 +642,10 @@ class Sweep:
 def _mean_std(values, signed: bool = False) -> str:
     values = np.asarray(values, np.float64)
     fmt = "+.3f" if signed else ".3f"
+    mean = round(float(np.mean(values)), 3) + 0.0  # no "-0.000"
     if values.size == 1:
-        return f"{values[0]:{fmt}}"
-    return f"{np.mean(values):{fmt}} ± {np.std(values):.3f}"
+        return f"{mean:{fmt}}"
+    return f"{mean:{fmt}} ± {np.std(values):.3f}"
 
 
 def _clock(seconds: float) -> str:
