@@ -379,6 +379,10 @@ class Sweep:
                 }
                 for lane in range(len(cell.lrs))
             ]
+            if "local_losses" in metrics:  # local / online: every layer's own loss, chunk mean
+                layer_losses = np.asarray(metrics["local_losses"], np.float64).mean(axis=1)
+                for lane, row in enumerate(rows):
+                    row["layer_losses"] = layer_losses[lane].tolist()
             self._append_metrics(rows)
             cell_eta = seconds / n * (cell.steps - first - n)
             print(

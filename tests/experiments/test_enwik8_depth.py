@@ -67,6 +67,12 @@ def test_smoke_writes_every_output_with_finite_bpb(smoke):
     n_chunks = config.steps // config.chunk_steps
     assert len(train) == len(config.trainers) * len(config.depths) * config.num_seeds * n_chunks
     assert all(np.isfinite(r["train_bpb"]) and r["tokens_per_s"] > 0 for r in train)
+    for r in train:  # the local trainer also logs each layer's own loss (denoising MSE, then CE)
+        if r["trainer"] == "local":
+            assert len(r["layer_losses"]) == r["depth"]
+            assert r["layer_losses"][-1] == pytest.approx(r["train_loss_nats"], rel=1e-5)
+        else:
+            assert "layer_losses" not in r
 
 
 def test_both_trainers_see_identical_batches(smoke):
@@ -110,7 +116,8 @@ def test_resume_after_sigkill_and_a_corrupt_checkpoint_gives_identical_results(
     uninterrupted run, bit for bit (float32 arithmetic is deterministic on one CPU)."""
     config, reference_dir, reference = smoke
     workdir = tmp_path / "run"
-    env = {**os.environ, "JAX_ENABLE_X64": "1"}  # the test process runs with x64 enabled
+    # The test process runs with x64 enabled; PYTHONPATH pins this checkout's code.
+    env = {**os.environ, "JAX_ENABLE_X64": "1", "PYTHONPATH": str(REPO)}
     env.pop("ENWIK8", None)
     proc = subprocess.Popen(
         [
@@ -215,6 +222,7 @@ def test_misspelled_override_is_rejected_by_the_locked_config(tmp_path):
             f"--workdir={tmp_path}",
         ],
         cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
         timeout=120,
