@@ -26,11 +26,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
 
 import lru_local
-from experiments import checkpoint, plots, results
+from experiments import checkpoint, cli, plots, results
 from experiments.data import text
 from lru_local import training
 
@@ -61,6 +59,23 @@ def trainer_label(config, name: str) -> str:
     return LABELS[name]
 
 
+def model_config(config, depth: int) -> lru_local.Config:
+    """The lru_local.Config of the study's model at `depth` (unknown model keys are rejected)."""
+    return lru_local.Config.from_mapping({**config.model.to_dict(), "depth": depth})
+
+
+def study_trainer(config, name: str, cfg: lru_local.Config, window: int | None = None):
+    """Trainer `name` with the study's seq_len, tbptt window (or `window`), online k, chunk."""
+    return training.make_trainer(
+        name,
+        cfg,
+        seq_len=config.seq_len,
+        window=window or config.tbptt_window,
+        every=config.online_every,
+        chunk=config.trace_chunk,
+    )
+
+
 def check_config(config) -> None:
     """Value checks the locked ConfigDict cannot do; each error names the field to fix."""
     unknown = [t for t in config.trainers if t not in training.TRAINERS]
@@ -82,15 +97,9 @@ def check_config(config) -> None:
         raise ValueError(f"config.lr_probe.grid must be positive numbers, got {list(probe.grid)}")
     if not probe.depths or any(not isinstance(d, int) or d < 1 for d in probe.depths):
         raise ValueError(f"config.lr_probe.depths must be positive ints, got {probe.depths}")
-    lru_local.Config.from_mapping({**config.model.to_dict(), "depth": 1})
+    model_config(config, 1)
     for name in config.trainers:  # raises on a window / interval that does not divide seq_len
-        training.make_trainer(
-            name,
-            lru_local.Config(),
-            seq_len=config.seq_len,
-            window=config.tbptt_window,
-            every=config.online_every,
-        )
+        study_trainer(config, name, lru_local.Config())
 
 
 def eval_streams(split: np.ndarray, n_streams: int, window: int, cap: int):
@@ -238,12 +247,9 @@ class Sweep:
             for trainer in self.config.trainers
         ]
 
-    def model_config(self, depth: int) -> lru_local.Config:
-        return lru_local.Config.from_mapping({**self.config.model.to_dict(), "depth": depth})
-
     def init_state(self, cell: Cell, trainer: training.Trainer):
         """Lane i: params from fold_in(fold_in(PRNGKey(seed), s_i), 0), noise key from (…, 1)."""
-        cfg = self.model_config(cell.depth)
+        cfg = model_config(self.config, cell.depth)
 
         def one(seed):
             key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), seed)
@@ -314,15 +320,7 @@ class Sweep:
 
     def run_cell(self, cell: Cell, arrays) -> None:
         config = self.config
-        cfg = self.model_config(cell.depth)
-        trainer = training.make_trainer(
-            cell.trainer,
-            cfg,
-            seq_len=config.seq_len,
-            window=config.tbptt_window,
-            every=config.online_every,
-            chunk=config.trace_chunk,
-        )
+        trainer = study_trainer(config, cell.trainer, model_config(config, cell.depth))
         state = self.init_state(cell, trainer)
         start_chunk = 0
         current = self.meta["current"]
@@ -670,22 +668,5 @@ def run(config, workdir: str | Path) -> dict:
     return Sweep(config, workdir).run()
 
 
-def main() -> None:
-    """Command-line entry point (flags are defined here so that importing the module is free)."""
-    config_flag = config_flags.DEFINE_config_file(
-        "config", "experiments/configs/enwik8_depth.py", "Study config.", lock_config=True
-    )
-    workdir_flag = flags.DEFINE_string(
-        "workdir", None, "Output directory (default results/enwik8_depth/<preset>)."
-    )
-
-    def run_main(argv):
-        del argv
-        config = config_flag.value
-        run(config, workdir_flag.value or f"results/enwik8_depth/{config.preset}")
-
-    app.run(run_main)
-
-
 if __name__ == "__main__":
-    main()
+    cli.run_study("enwik8_depth", run, "Study config.")

@@ -18,11 +18,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
 
 import lru_local
-from experiments import plots, results
+from experiments import cli, plots, results
 from experiments.data import text
 
 SHARED = ("nu_log", "theta", "B_re", "B_im", "C_re", "C_im", "D")
@@ -159,25 +157,5 @@ def run(config, workdir: str | Path) -> dict:
     return summary
 
 
-def main() -> None:
-    """Command-line entry point (flags are defined here so that importing the module is free)."""
-    config_flag = config_flags.DEFINE_config_file(
-        "config",
-        "experiments/configs/gradient_alignment.py",
-        "Diagnostic config.",
-        lock_config=True,
-    )
-    workdir_flag = flags.DEFINE_string(
-        "workdir", None, "Output directory (default results/gradient_alignment/<preset>)."
-    )
-
-    def run_main(argv):
-        del argv
-        config = config_flag.value
-        run(config, workdir_flag.value or f"results/gradient_alignment/{config.preset}")
-
-    app.run(run_main)
-
-
 if __name__ == "__main__":
-    main()
+    cli.run_study("gradient_alignment", run, "Diagnostic config.")

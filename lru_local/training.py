@@ -83,10 +83,10 @@ def window_task_loss(params: dict, tokens: jax.Array, s_init: list, activation: 
     return jnp.mean(model.task_loss(params["decoder"], ys[-1], tokens[:, 1:])), s_last
 
 
-def zero_states(batch: int, cfg: Config, dtype) -> list:
-    """Per-layer complex zero states [B, N] (the state before the first byte)."""
-    ctype = jnp.result_type(dtype, jnp.complex64)
-    return [jnp.zeros((batch, cfg.d_state), ctype) for _ in range(cfg.depth)]
+def zero_states(params: dict, batch: int) -> list:
+    """Per-layer complex zero states [B, N] (the state before the first byte), sized from params."""
+    ctype = jnp.result_type(params["embed"].dtype, jnp.complex64)
+    return [jnp.zeros((batch, layer["nu_log"].shape[0]), ctype) for layer in params["layers"]]
 
 
 def tbptt_grads(params: dict, tokens: jax.Array, cfg: Config, window: int):
@@ -109,7 +109,7 @@ def tbptt_grads(params: dict, tokens: jax.Array, cfg: Config, window: int):
         return (states, loss_sum + loss, grad_sum), None
 
     zero_grads = jax.tree_util.tree_map(jnp.zeros_like, params)
-    init = (zero_states(batch, cfg, dtype), jnp.zeros((), dtype), zero_grads)
+    init = (zero_states(params, batch), jnp.zeros((), dtype), zero_grads)
     (_, loss, grads), _ = jax.lax.scan(body, init, jnp.arange(n_windows))
     scale = 1.0 / n_windows
     return loss * scale, jax.tree_util.tree_map(lambda g: g * scale, grads)
@@ -211,9 +211,6 @@ def stream_eval(
     """
     n_streams, length = streams.shape
     n_windows = (length - 1) // window
-    dtype = params["embed"].dtype
-    d_state = params["layers"][0]["nu_log"].shape[0]
-    ctype = jnp.result_type(dtype, jnp.complex64)
 
     def body(states, j):
         x = jax.lax.dynamic_slice_in_dim(streams, j * window, window + 1, axis=1)
@@ -222,6 +219,5 @@ def stream_eval(
         )
         return states, jnp.sum(model.task_loss(params["decoder"], ys[-1], x[:, 1:]))
 
-    states = [jnp.zeros((n_streams, d_state), ctype) for _ in params["layers"]]
-    _, sums = jax.lax.scan(body, states, jnp.arange(n_windows))
+    _, sums = jax.lax.scan(body, zero_states(params, n_streams), jnp.arange(n_windows))
     return sums

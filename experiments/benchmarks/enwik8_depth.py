@@ -23,28 +23,12 @@ from absl import app, flags
 
 import lru_local
 from experiments.configs import enwik8_depth as depth_config
-from experiments.enwik8_depth import lane_chunk
+from experiments.enwik8_depth import lane_chunk, model_config, study_trainer, trainer_label
 from experiments.results import markdown_table
-from lru_local import training
 
 _STEPS = flags.DEFINE_integer("steps", 5, "Training steps per timed chunk.")
 _DEPTH = flags.DEFINE_integer("depth", 4, "Layers L.")
 _MEMORY = flags.DEFINE_bool("memory", False, "Also report compiled memory per trainer.")
-
-
-def _setup(config, depth: int):
-    return lru_local.Config.from_mapping({**config.model.to_dict(), "depth": depth})
-
-
-def _trainer(name: str, config, cfg, window=None):
-    return training.make_trainer(
-        name,
-        cfg,
-        seq_len=config.seq_len,
-        window=window or config.tbptt_window,
-        every=config.online_every,
-        chunk=config.trace_chunk,
-    )
 
 
 def lane_runs(trainer, cfg, batches, layouts: dict, rounds: int = 5) -> dict:
@@ -74,7 +58,7 @@ def lane_runs(trainer, cfg, batches, layouts: dict, rounds: int = 5) -> dict:
 
 
 def vmap_table(config, depth: int, steps: int) -> str:
-    cfg = _setup(config, depth)
+    cfg = model_config(config, depth)
     seeds = config.num_seeds
     batches = jnp.asarray(
         np.random.default_rng(0).integers(
@@ -84,19 +68,15 @@ def vmap_table(config, depth: int, steps: int) -> str:
     tokens = steps * config.batch_size * config.seq_len
     rows = []
     for name in config.trainers:
-        trainer = _trainer(name, config, cfg)
+        trainer = study_trainer(config, name, cfg)
         timed = lane_runs(
             trainer, cfg, batches, {"one": (1, 0), "vmap": (seeds, 0), "map": (seeds, 1)}
         )
         t_one, t_vmap, t_map = timed["one"], timed["vmap"], timed["map"]
         chosen = t_map if config.seed_batch[name] == 1 else t_vmap
-        label = {
-            "tbptt": f"tbptt (w={config.tbptt_window})",
-            "online": f"online (k={config.online_every})",
-        }.get(name, name)
         rows.append(
             [
-                label,
+                trainer_label(config, name),
                 f"{t_one * 1e3:.0f}",
                 f"{t_vmap * 1e3:.0f}",
                 f"{t_vmap / (seeds * t_one):.2f}",
@@ -136,11 +116,11 @@ def memory_table(depth: int) -> str:
     rows = []
     for preset in ("cpu", "paper"):
         config = depth_config.get_config(preset)
-        cfg = _setup(config, depth)
+        cfg = model_config(config, depth)
         variants = [("local", None), ("tbptt", 16), ("tbptt", 32), ("tbptt", 64), ("bptt", None)]
         sizes = {}
         for name, window in variants:
-            trainer = _trainer(name, config, cfg, window)
+            trainer = study_trainer(config, name, cfg, window)
             label = f"tbptt w={window}" if window else name
             sizes[label] = temp_bytes(trainer, cfg, config.batch_size, config.seq_len)
         for label, size in sizes.items():
