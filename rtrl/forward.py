@@ -1,0 +1,197 @@
+"""Forward-mode sensitivity algorithms: full RTRL, sparse RTRL, eligibility traces, SnAp-1.
+
+The sensitivity tensor M_t = ∂s_t/∂Θ has one leaf per carry leaf, shape [n, R, m]:
+M[i, a, :] = ∂s_{t,i}/∂Θ[a, :]. With v_t = [h_{t-1}; x_t; 1] and z_t = Θ v_t,
+
+    ∂z_t/∂Θ   = P_t + I_t,    I_t[r, a, :] = δ_ra v_t            (immediate term)
+    P_t       = W_rec M_h,{t-1}                                   (Jacobian propagation term)
+    M_t       = core'(z_t, s_{t-1}) · (∂z_t/∂Θ, M_{t-1})          (jvp of the elementwise core)
+    ∂L_t/∂Θ   = Σ_i (∂L_t/∂h_{t,i}) M_h,t[i]                      (paper Eq. 4)
+
+For the vanilla RNN the last line of the update is M_t = φ'(z_t) ⊙ (W_rec M_{t-1} + I_t), paper
+Eq. 3. The algorithms differ only in P_t:
+
+- rtrl: P_t = W_rec M_h (one [R, n] × [n, R·m] matmul, O(n²·P)).
+- sparse_rtrl: P_t[r] = Σ_{j ∈ idx[r]} W_rec[r, j] M_h[j] (paper Eq. 8), k gathered rows of M per
+  row, O(k·n·P). For large k (k > n / 4) the same sum is one matmul with the unselected entries
+  of W_rec zeroed, which is faster there and identical in value.
+- traces: P_t = 0, then M_h ← M_h + γ M_h,{t-1} (paper Eq. 6: M ← γ M + M_imm for the vanilla
+  RNN; γ = 0 is the immediate derivative). The LSTM keeps its exact diagonal cell-state path.
+- snap1: SnAp-1 (Menick et al. 2021): M restricted to the entries that are non-zero after one
+  step, M[i, a] with a a row of neuron i, stored as [n, G, m] (G = R / n gate rows per neuron);
+  propagation keeps only the self-connections W_rec[g n + i, i].
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rtrl import cells as cells_lib
+from rtrl import losses, masks
+from rtrl.interface import Algorithm, StepOutput, assemble, check_step_shapes, readout_step
+
+
+class SensitivityState(NamedTuple):
+    carry: object  # s_{t-1}: [n] or ([n], [n])
+    M: object  # like carry, each leaf [n, R, m]
+    idx: jax.Array  # [R, k] int32 selected paths (sparse_rtrl; [R, 0] otherwise)
+    t: jax.Array  # [] int32 steps taken
+
+
+def _core_jvp(cell, z, carry, dz, dcarry):
+    """Tangent of s_t = core(z, s_{t-1}) for tangents batched on the last axis (P columns)."""
+
+    def one(dz_col, dcarry_col):
+        return jax.jvp(cell.core, (z, carry), (dz_col, dcarry_col))[1]
+
+    return jax.vmap(one, in_axes=-1, out_axes=-1)(dz, dcarry)
+
+
+def _flat(M):
+    return jax.tree.map(lambda leaf: leaf.reshape(leaf.shape[0], -1), M)
+
+
+def _sensitivity_algorithm(cell, loss, name, propagate, select=None, k=0, mask="ring", decay=0.0):
+    """The shared forward-mode step; `propagate(W_rec, M_h [n, R·m], idx) -> P [R, R·m]`."""
+    loss_fn = losses.get(loss)
+    n, R = cell.n_hidden, cell.n_rows
+    m = n + cell.n_in + 1
+
+    def init(key, params):
+        dtype = params["W_rec"].dtype
+        carry = cell.initial_carry(dtype)
+        M = jax.tree.map(lambda leaf: jnp.zeros((n, R, m), dtype), carry)
+        idx = (
+            masks.initial(mask, key, params["W_rec"], k) if select else jnp.zeros((R, 0), jnp.int32)
+        )
+        return SensitivityState(carry, M, idx, jnp.zeros((), jnp.int32))
+
+    def step(params, state, x, y):
+        target = losses.as_target(y)
+        check_step_shapes(cell, x, target)
+        h_prev = cell.hidden(state.carry)
+        v = cells_lib.inputs_vector(h_prev, x)
+        z = cells_lib.theta(params) @ v
+        idx = state.idx
+        if select:
+            gain = jax.vmap(jax.grad(lambda zr: _row_activation(cell, zr)))(z)
+            idx = masks.refresh(mask, idx, state.t, params["W_rec"], gain, k)
+        Mf = _flat(state.M)
+        dz = jnp.eye(R, dtype=v.dtype)[:, :, None] * v  # I_t [R, R, m]
+        if propagate is not None:
+            dz = dz + propagate(params["W_rec"], cell.hidden(Mf), idx).reshape(R, R, m)
+        carry = cell.core(z, state.carry)
+        dM = _core_jvp(cell, z, state.carry, dz.reshape(R, R * m), Mf)
+        if decay:
+            dM = _add_decay_to_hidden(cell, dM, Mf, decay)
+        M = jax.tree.map(lambda leaf: leaf.reshape(n, R, m), dM)
+        h = cell.hidden(carry)
+        pred, step_loss, dh, readout_grads = readout_step(cell, loss_fn, params, h, target)
+        g_theta = jnp.einsum("i,iam->am", dh, cell.hidden(M))
+        out = StepOutput(assemble(cell, g_theta, readout_grads), step_loss, pred)
+        return SensitivityState(carry, M, idx, state.t + 1), out
+
+    return Algorithm(name, init, step)
+
+
+def _row_activation(cell, z_r):
+    """The nonlinearity applied to a pre-activation row (only its derivative's size matters)."""
+    return jnp.tanh(z_r) if cell.name == "vanilla" else jax.nn.sigmoid(z_r)
+
+
+def _add_decay_to_hidden(cell, dM, M_prev, decay):
+    if cell.name == "vanilla":
+        return dM + decay * M_prev
+    h, c = dM
+    return (h + decay * M_prev[0], c)
+
+
+def _dense(W_rec, M_h, idx):
+    return W_rec @ M_h
+
+
+def _gathered(W_rec, M_h, idx):
+    w = jnp.take_along_axis(W_rec, idx, axis=1)  # [R, k]
+    total = w[:, 0, None] * M_h[idx[:, 0]]
+    for s in range(1, idx.shape[1]):
+        total = total + w[:, s, None] * M_h[idx[:, s]]
+    return total
+
+
+def _masked_dense(W_rec, M_h, idx):
+    rows = jnp.arange(W_rec.shape[0])[:, None]
+    keep = jnp.zeros(W_rec.shape, W_rec.dtype).at[rows, idx].set(1.0)
+    return (W_rec * keep) @ M_h
+
+
+GATHER_MAX_FRACTION = 4  # gather for k <= n / 4, masked matmul above
+
+
+def rtrl(cell, loss="mse"):
+    """Full RTRL, M ← J M + M_imm (Williams & Zipser 1989)."""
+    return _sensitivity_algorithm(cell, loss, "rtrl", _dense)
+
+
+def sparse_rtrl(cell, k, mask="ring", loss="mse", impl=None):
+    """Sparse RTRL: k of n propagation paths per row. impl: None (auto), "gather" or "masked"."""
+    k = int(k)
+    masks.check(mask, k, cell.n_hidden)
+    if impl is None:
+        impl = "gather" if k * GATHER_MAX_FRACTION <= cell.n_hidden else "masked"
+    if impl not in ("gather", "masked"):
+        raise ValueError(f"unknown impl {impl!r}; use 'gather' or 'masked'")
+    propagate = {"gather": _gathered, "masked": _masked_dense}[impl] if k else None
+    return _sensitivity_algorithm(
+        cell, loss, f"sparse_rtrl(k={k},{mask})", propagate, select=k > 0, k=k, mask=mask
+    )
+
+
+def traces(cell, decay=0.0, loss="mse"):
+    """Eligibility traces M ← γ M + M_imm; decay γ = 0 is the immediate derivative."""
+    decay = float(decay)
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"decay must lie in [0, 1], got {decay}")
+    return _sensitivity_algorithm(cell, loss, f"traces(decay={decay:g})", None, decay=decay)
+
+
+class Snap1State(NamedTuple):
+    carry: object  # s_{t-1}
+    M: object  # like carry, each leaf [n, G, m]: ∂s_i/∂Θ[g n + i, :]
+
+
+def snap1(cell, loss="mse"):
+    """SnAp-1: keep only the one-step sparsity pattern of M (Menick et al. 2021)."""
+    loss_fn = losses.get(loss)
+    n, R = cell.n_hidden, cell.n_rows
+    G, m = R // n, n + cell.n_in + 1
+
+    def init(key, params):
+        dtype = params["W_rec"].dtype
+        carry = cell.initial_carry(dtype)
+        return Snap1State(carry, jax.tree.map(lambda _: jnp.zeros((n, G, m), dtype), carry))
+
+    def step(params, state, x, y):
+        target = losses.as_target(y)
+        check_step_shapes(cell, x, target)
+        v = cells_lib.inputs_vector(cell.hidden(state.carry), x)
+        z = cells_lib.theta(params) @ v
+        neuron = jnp.arange(R) % n
+        self_w = params["W_rec"][jnp.arange(R), neuron]  # W_rec[g n + i, i], [R]
+        # dz[r, g', :] = ∂z_r/∂Θ[g' n + (r mod n), :]
+        gate = jnp.arange(R) // n
+        dz = (gate[:, None] == jnp.arange(G)[None, :]).astype(v.dtype)[:, :, None] * v
+        dz = dz + self_w[:, None, None] * cell.hidden(state.M)[neuron]
+        carry = cell.core(z, state.carry)
+        Mf = jax.tree.map(lambda leaf: leaf.reshape(n, G * m), state.M)
+        dM = _core_jvp(cell, z, state.carry, dz.reshape(R, G * m), Mf)
+        M = jax.tree.map(lambda leaf: leaf.reshape(n, G, m), dM)
+        pred, step_loss, dh, readout_grads = readout_step(
+            cell, loss_fn, params, cell.hidden(carry), target
+        )
+        g_rows = dh[:, None, None] * cell.hidden(M)  # [n, G, m] -> rows g n + i
+        g_theta = jnp.transpose(g_rows, (1, 0, 2)).reshape(R, m)
+        out = StepOutput(assemble(cell, g_theta, readout_grads), step_loss, pred)
+        return Snap1State(carry, M), out
+
+    return Algorithm("snap1", init, step)
