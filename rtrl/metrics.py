@@ -1,0 +1,151 @@
+"""Metrics for online streams and gradient diagnostics; pure functions returning jnp arrays.
+
+Time is the last axis of every per-step array, so leading axes (seeds, configs) broadcast:
+losses [..., T] -> metric [...]. Loss traces are the online (prequential) per-step losses, each
+computed on step t before the update that uses step t.
+
+Pytree and matrix diagnostics (`gradient_cosine`, `magnitude_ratio`, `jacobian_spectrum`) take
+one unbatched input; callers `jax.vmap` them over seeds or steps.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def _window(T: int, start: int, stop: int) -> tuple[int, int]:
+    """Resolve [start, stop) like Python slicing on range(T); an empty window is an error."""
+    r = range(T)[start:stop]
+    if len(r) == 0:
+        raise ValueError(f"empty time window [{start}, {stop}) for a stream of length {T}")
+    return r.start, r.stop
+
+
+def window_mean(values, start: int, stop: int) -> jax.Array:
+    """mean_{t ∈ [start, stop)} values[..., t]: [..., T] -> [...]; negative indices as in slices."""
+    values = jnp.asarray(values)
+    lo, hi = _window(values.shape[-1], start, stop)
+    return jnp.mean(values[..., lo:hi], axis=-1)
+
+
+def pre_post_mse(losses, shift: int, window: int = 500) -> tuple[jax.Array, jax.Array]:
+    """Loss level before a shift and the adapted level at the end of the stream.
+
+    pre  = mean_{t ∈ [shift − window, shift)} ℓ_t
+    post = mean_{t ∈ [T − window, T)} ℓ_t
+    losses: online (prequential) per-step losses [..., T], each computed before its update.
+    Returns (pre, post), each [...]. Both windows must lie inside the stream, and the post window
+    after the shift.
+    """
+    losses = jnp.asarray(losses)
+    T = losses.shape[-1]
+    if not (window >= 1 and shift - window >= 0 and shift <= T - window):
+        raise ValueError(
+            f"need window >= 1, shift - window >= 0 and shift <= T - window; "
+            f"got shift={shift}, window={window}, T={T}"
+        )
+    return window_mean(losses, shift - window, shift), window_mean(losses, T - window, T)
+
+
+def first_shift_post(losses, shift: int, next_shift: int, window: int = 500) -> jax.Array:
+    """Adapted loss level after `shift` in a multi-regime stream: the end of that regime.
+
+    post = mean_{t ∈ [next_shift − window, next_shift)} ℓ_t, losses [..., T] -> [...].
+    The window must lie inside the regime [shift, next_shift).
+    """
+    losses = jnp.asarray(losses)
+    if not (window >= 1 and shift <= next_shift - window and next_shift <= losses.shape[-1]):
+        raise ValueError(
+            f"need window >= 1 and shift <= next_shift - window <= T - window; got shift={shift}, "
+            f"next_shift={next_shift}, window={window}, T={losses.shape[-1]}"
+        )
+    return window_mean(losses, next_shift - window, next_shift)
+
+
+def gap_recovery(l_traces, l_k, l_full) -> jax.Array:
+    """Fraction of the log-loss gap between traces-only and full RTRL that a method closes.
+
+    R = (log L_traces − log L_k) / (log L_traces − log L_full), elementwise (1.0 = 100%,
+    0 = no better than traces, > 1 = better than full).
+    """
+    log_traces = jnp.log(jnp.asarray(l_traces))
+    return (log_traces - jnp.log(jnp.asarray(l_k))) / (log_traces - jnp.log(jnp.asarray(l_full)))
+
+
+def coefficient_of_variation(x, axis: int = -1) -> jax.Array:
+    """CV = std(x) / mean(x) along `axis`, std with ddof = 0."""
+    x = jnp.asarray(x)
+    return jnp.std(x, axis=axis) / jnp.mean(x, axis=axis)
+
+
+def weighted_mean(values, weights) -> jax.Array:
+    """Σ_t w_t v_t / Σ_t w_t over the last axis: values, weights [..., T] -> [...]."""
+    values, weights = jnp.asarray(values), jnp.asarray(weights)
+    return jnp.sum(values * weights, axis=-1) / jnp.sum(weights, axis=-1)
+
+
+def copy_accuracy(logits, targets_onehot, weights, window_steps: int | None = None) -> jax.Array:
+    """Fraction of scored steps whose argmax logit is the target class.
+
+    acc = Σ_t w_t 1[argmax_c logits_{t,c} = argmax_c y_{t,c}] / Σ_t w_t over the last
+    `window_steps` steps (all steps if None). logits, targets_onehot [..., T, C];
+    weights [..., T] -> [...].
+    """
+    logits, targets_onehot = jnp.asarray(logits), jnp.asarray(targets_onehot)
+    correct = jnp.argmax(logits, axis=-1) == jnp.argmax(targets_onehot, axis=-1)  # [..., T]
+    weights = jnp.asarray(weights)
+    if window_steps is not None:
+        if window_steps < 1:
+            raise ValueError(f"window_steps must be >= 1 or None, got {window_steps}")
+        correct, weights = correct[..., -window_steps:], weights[..., -window_steps:]
+    return weighted_mean(correct.astype(weights.dtype), weights)
+
+
+def _tree_inner(a, b) -> jax.Array:
+    """Re⟨a, b⟩ = Σ_leaves Re(Σ conj(a) b): all leaves flattened and concatenated."""
+    if jax.tree.structure(a) != jax.tree.structure(b):
+        raise ValueError(f"pytrees differ: {jax.tree.structure(a)} vs {jax.tree.structure(b)}")
+    if not jax.tree.leaves(a):
+        raise ValueError("pytrees have no leaves")
+    parts = [
+        jnp.real(jnp.vdot(x, y))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    ]
+    return sum(parts[1:], parts[0])
+
+
+def gradient_cosine(g, g_ref) -> jax.Array:
+    """cos(g, g_ref) = ⟨g, g_ref⟩ / (‖g‖ ‖g_ref‖) over all leaves flattened and concatenated.
+
+    Unbatched pytrees of equal structure; scalar result. No ε clamp: nan if either norm is 0.
+    Complex leaves use the real inner product Re Σ conj(g) g_ref.
+    """
+    norms = jnp.sqrt(_tree_inner(g, g)) * jnp.sqrt(_tree_inner(g_ref, g_ref))
+    return _tree_inner(g, g_ref) / norms
+
+
+def magnitude_ratio(g, g_ref) -> jax.Array:
+    """‖g‖ / ‖g_ref‖ over all leaves flattened and concatenated; unbatched pytrees, scalar."""
+    return jnp.sqrt(_tree_inner(g, g)) / jnp.sqrt(_tree_inner(g_ref, g_ref))
+
+
+def jacobian_spectrum(M, variance: float = 0.95) -> tuple[jax.Array, jax.Array]:
+    """Effective rank and condition number of a sensitivity tensor M = ∂h/∂θ.
+
+    M [n, ...] (neurons on axis 0) is reshaped to [n, P], with singular values
+    σ_0 ≥ ... ≥ σ_{n−1} (σ_i = 0 for i ≥ P when P < n).
+    effective_rank = min { r : Σ_{i<r} σ_i² ≥ variance · Σ_i σ_i² } (int32; 0 for M = 0)
+    condition_number = σ_0 / σ_{n−1} (inf if σ_{n−1} = 0).
+    Unbatched; callers vmap.
+    """
+    M = jnp.asarray(M)
+    n = M.shape[0]
+    sigma = jnp.linalg.svd(M.reshape(n, -1), compute_uv=False)
+    energy = jnp.cumsum(sigma**2)
+    total = energy[-1]
+    rank = jnp.argmax(energy >= variance * total).astype(jnp.int32) + 1
+    rank = jnp.where(total > 0, rank, 0)
+    sigma_min = sigma[-1] if sigma.shape[0] == n else jnp.zeros_like(sigma[0])
+    condition = jnp.where(sigma_min > 0, sigma[0] / sigma_min, jnp.inf)
+    return rank, condition
