@@ -12,7 +12,8 @@ so these are our choices:
   ω_s = 0.1 for s < shift_at = 1000 and 0.3 after, in radians per step (unit="rad"; the paper
   gives "frequency 0.1 → 0.3" without a unit; read as cycles per step, unit="cycles", every
   method including decayed traces tracks both sines to MSE < 3e-3 and there is no gap to
-  measure). The phase is accumulated, so it is continuous across the shift. length = 2000; xs[t] = x_t, ys[t] = x_{t+1}; "mse".
+  measure). The phase is accumulated, so it is continuous across the shift. length = 2000;
+  xs[t] = x_t, ys[t] = x_{t+1}; "mse".
 - "lorenz" (`lorenz_stream`): dx = σ(y − x), dy = x(ρ − z) − y, dz = xy − βz with σ = 10,
   β = 8/3, ρ = 28 before shift_at = 1000 and ρ = 20 from it on; classic RK4, dt = 0.01, one step
   per observation; start (1, 1, 1) + N(0, 1) noise, then 1000 burn-in steps at ρ = 28.
