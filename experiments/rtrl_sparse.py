@@ -99,7 +99,7 @@ class Study:
         spec = task_spec(setting)
         keys = _keys(seeds_of(self.config, setting))
         data = jax.jit(jax.vmap(spec.make))(keys[:, 1])
-        return spec, keys, data
+        return spec, keys, jax.tree.map(lambda a: a.astype(self.dtype), data)
 
     def run_cell(self, work: dict) -> dict:
         config = self.config

@@ -1,0 +1,98 @@
+"""The sparse-RTRL study entry point: every preset's smoke variant end to end, resume, bad input."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from experiments import rtrl_sparse
+from experiments.configs import rtrl_sparse as presets
+
+
+@pytest.mark.parametrize("table", sorted(presets.TABLES))
+def test_smoke_preset_writes_finite_results(table, tmp_path):
+    config = presets.get_config(f"{table}_smoke")
+    summary = rtrl_sparse.run(config, tmp_path)
+    for name in ("config.json", "metrics.jsonl", "summary.json", "table.md"):
+        assert (tmp_path / name).exists(), name
+    assert summary["finished"]
+    table_md = (tmp_path / "table.md").read_text()
+    for setting in config.settings:
+        assert f"## {setting['name']}" in table_md
+        methods = summary["settings"][setting["name"]]["methods"]
+        assert set(methods) == {m["label"] for m in setting["methods"]}
+        for label, run in methods.items():
+            post = np.asarray(run["post"], float)
+            assert post.shape == (len(setting.get("seeds") or config.seeds),)
+            assert np.all(np.isfinite(post)), (setting["name"], label)
+        if setting["metric"] in ("shift", "first_shift") and setting.get("full"):
+            # R is 0 for the floor and 1 for full RTRL by construction, per seed.
+            np.testing.assert_allclose(methods[setting["full"]]["R"], 1.0, atol=1e-12)
+            np.testing.assert_allclose(methods[setting["floor"]]["R"], 0.0, atol=1e-12)
+        if setting["metric"] in ("shift", "first_shift") or setting["task"] == "copy":
+            assert list(tmp_path.glob("mse_*.png"))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(math.isfinite(v) for r in rows for v in r["loss"])
+
+
+def test_k_equal_n_matches_full_rtrl_in_the_study(tmp_path):
+    """In the smoke table3 (n = 8), k = 8, 16, 32 are all k = n: identical to full RTRL."""
+    summary = rtrl_sparse.run(presets.get_config("table3_smoke"), tmp_path)
+    methods = next(iter(summary["settings"].values()))["methods"]
+    for label in ("k=8", "k=16", "k=32"):
+        np.testing.assert_allclose(methods[label]["post"], methods["full RTRL"]["post"], rtol=1e-6)
+        np.testing.assert_allclose(methods[label]["cos_post"], 1.0, atol=1e-5)
+    # BPTT with window 1 is the immediate derivative, i.e. k = 0.
+    np.testing.assert_allclose(methods["BPTT w=1 (ref)"]["post"], methods["k=0"]["post"], rtol=1e-5)
+    # A rerun of a finished run prints its table and returns the same summary without computing.
+    assert rtrl_sparse.run(presets.get_config("table3_smoke"), tmp_path) == summary
+
+
+def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
+    config = presets.get_config("table5_smoke")
+    full = rtrl_sparse.run(config, tmp_path / "full")
+
+    calls = {"n": 0}
+    real_save = rtrl_sparse.checkpoint.save
+
+    def crash_after_some_chunks(*args, **kwargs):
+        path = real_save(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 11:  # inside the third method's stream
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(rtrl_sparse.checkpoint, "save", crash_after_some_chunks)
+    with pytest.raises(KeyboardInterrupt):
+        rtrl_sparse.run(config, tmp_path / "resumed")
+    monkeypatch.setattr(rtrl_sparse.checkpoint, "save", real_save)
+    resumed = rtrl_sparse.run(config, tmp_path / "resumed")
+    for name, setting in full["settings"].items():
+        for label, run in setting["methods"].items():
+            got = resumed["settings"][name]["methods"][label]
+            np.testing.assert_array_equal(got["post"], run["post"])
+            np.testing.assert_array_equal(got["pre"], run["pre"])
+
+
+def test_bad_presets_and_overrides_fail_clearly(tmp_path):
+    with pytest.raises(ValueError, match="unknown preset"):
+        presets.get_config("table99")
+    config = presets.get_config("table3_smoke")
+    config.unlock()
+    config.optimizer = "lbfgs"
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        rtrl_sparse.run(config, tmp_path / "a")
+    config = presets.get_config("table3_smoke")
+    config.settings[0]["methods"][2]["options"]["k"] = 99
+    with pytest.raises(ValueError, match="k must satisfy"):
+        rtrl_sparse.run(config, tmp_path / "b")
+    config = presets.get_config("table3_smoke")
+    config.settings[0]["methods"][0]["algo"] = "rtrll"
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        rtrl_sparse.run(config, tmp_path / "c")
+    config = presets.get_config("table3_smoke")
+    rtrl_sparse.run(config, tmp_path / "d")
+    other = presets.get_config("table5_smoke")
+    with pytest.raises(ValueError, match="another config"):
+        rtrl_sparse.run(other, tmp_path / "d")
