@@ -28,6 +28,7 @@ test: install data
 bench: install data
 	$(PY) -m experiments.benchmarks.lru_local_grads
 	$(PY) -m experiments.benchmarks.enwik8_depth --memory
+	$(PY) -m experiments.benchmarks.rtrl_speed
 
 lint: install
 	ruff check . && ruff format --check .

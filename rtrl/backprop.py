@@ -6,7 +6,8 @@ last w transitions, from the stored carry s_{t-w} (held constant) with the curre
     g_t = ∂/∂θ L_t(s_t(θ; s_{t-w}, x_{t-w+1..t}))
 
 Summed over t with the parameters held fixed, w ≥ T gives ∂(Σ_t L_t)/∂θ, the BPTT gradient;
-w = 1 is the immediate derivative (equal to traces with decay 0). The carry itself advances one
+w = 1 is the immediate derivative (equal to traces with decay 0 for the vanilla RNN; the LSTM's
+traces keep the exact diagonal cell-state path, which w = 1 cuts). The carry itself advances one
 step per call with the current parameters, as in every other algorithm. Cost O(w) steps forward
 and backward per step, memory O(w · n).
 """

@@ -48,12 +48,33 @@ def _core_jvp(cell, z, carry, dz, dcarry):
     return jax.vmap(one, in_axes=-1, out_axes=-1)(dz, dcarry)
 
 
-def _flat(M):
-    return jax.tree.map(lambda leaf: leaf.reshape(leaf.shape[0], -1), M)
+def _core_jvp3(cell, z, carry, dz, dM):
+    """As `_core_jvp` for tangents batched on two trailing axes: dz [R, R, m], dM leaves
+    [n, R, m]. Keeping M in one shape end to end lets XLA fuse the update into one loop."""
+
+    def one(dz_col, dcarry_col):
+        return jax.jvp(cell.core, (z, carry), (dz_col, dcarry_col))[1]
+
+    return jax.vmap(jax.vmap(one, in_axes=1, out_axes=1), in_axes=2, out_axes=2)(dz, dM)
 
 
-def _sensitivity_algorithm(cell, loss, name, propagate, select=None, k=0, mask="ring", decay=0.0):
-    """The shared forward-mode step; `propagate(W_rec, M_h [n, R·m], idx) -> P [R, R·m]`."""
+def _sensitivity_algorithm(
+    cell, loss, name, propagate, adjoint, select=None, k=0, mask="ring", decay=0.0
+):
+    """The shared forward-mode step.
+
+    `propagate(W_rec, M_h [n, R·m], idx) -> P [R, R·m]` is the Jacobian propagation term and
+    `adjoint(W_rec, c [R], idx) -> u [n]` its transpose applied to a vector (u = Pᵀ-weights c).
+
+    The gradient is taken from M_{t-1}, not M_t: with c_z = ∂(e_hᵀ h_t)/∂z_t and
+    c_s = ∂(e_hᵀ h_t)/∂s_{t-1} (one vjp of the elementwise core, e_h = ∂L_t/∂h_t),
+
+        ∂L_t/∂Θ = e_hᵀ M_h,t = Σ_j u_j M_h,{t-1}[j] + Σ_i c_s,i M_{t-1}[i] + c_z ⊗ v_t
+                  (+ γ Σ_i e_h,i M_h,{t-1}[i] for traces),  u = adjoint(c_z),
+
+    which is the same number (linearity), but leaves M_t with a single consumer (the next step),
+    so XLA neither recomputes nor re-lays out the update to feed the contraction.
+    """
     loss_fn = losses.get(loss)
     n, R = cell.n_hidden, cell.n_rows
     m = n + cell.n_in + 1
@@ -77,22 +98,42 @@ def _sensitivity_algorithm(cell, loss, name, propagate, select=None, k=0, mask="
         if select:
             gain = jax.vmap(jax.grad(lambda zr: _row_activation(cell, zr)))(z)
             idx = masks.refresh(mask, idx, state.t, params["W_rec"], gain, k)
-        Mf = _flat(state.M)
-        dz = jnp.eye(R, dtype=v.dtype)[:, :, None] * v  # I_t [R, R, m]
+        eye = jnp.arange(R)[:, None, None] == jnp.arange(R)[None, :, None]
+        dz = jnp.where(eye, v[None, None, :], jnp.zeros((), v.dtype))  # I_t [R, R, m]
+        M_h = cell.hidden(state.M)
         if propagate is not None:
-            dz = dz + propagate(params["W_rec"], cell.hidden(Mf), idx).reshape(R, R, m)
+            P = propagate(params["W_rec"], M_h.reshape(n, R * m), idx)
+            dz = dz + P.reshape(R, R, m)
         carry = cell.core(z, state.carry)
-        dM = _core_jvp(cell, z, state.carry, dz.reshape(R, R * m), Mf)
+        M = _core_jvp3(cell, z, state.carry, dz, state.M)
         if decay:
-            dM = _add_decay_to_hidden(cell, dM, Mf, decay)
-        M = jax.tree.map(lambda leaf: leaf.reshape(n, R, m), dM)
+            M = _add_decay_to_hidden(cell, M, state.M, decay)
+
         h = cell.hidden(carry)
         pred, step_loss, dh, readout_grads = readout_step(cell, loss_fn, params, h, target)
-        g_theta = jnp.einsum("i,iam->am", dh, cell.hidden(M))
+        _, core_vjp = jax.vjp(lambda zz, ss: cell.hidden(cell.core(zz, ss)), z, state.carry)
+        c_z, c_s = core_vjp(dh)
+        coef = c_s
+        extra_h = jnp.zeros((n,), dh.dtype)
+        if propagate is not None:
+            extra_h = extra_h + adjoint(params["W_rec"], c_z, idx)
+        if decay:
+            extra_h = extra_h + decay * dh
+        coef = _add_to_hidden(cell, coef, extra_h)
+        g_theta = jnp.outer(c_z, v)
+        for c_leaf, M_leaf in zip(jax.tree.leaves(coef), jax.tree.leaves(state.M), strict=True):
+            g_theta = g_theta + jnp.einsum("i,iam->am", c_leaf, M_leaf)
         out = StepOutput(assemble(cell, g_theta, readout_grads), step_loss, pred)
         return SensitivityState(carry, M, idx, state.t + 1), out
 
     return Algorithm(name, init, step)
+
+
+def _add_to_hidden(cell, tree, vec):
+    if cell.name == "vanilla":
+        return tree + vec
+    h, c = tree
+    return (h + vec, c)
 
 
 def _row_activation(cell, z_r):
@@ -119,6 +160,31 @@ def _gathered(W_rec, M_h, idx):
     return total
 
 
+def _ring_rolled(offsets):
+    """Ring selection with static offsets: row g n + i keeps M_h[(i + o) mod n] for o in offsets,
+    read as k rolled views of M_h, which XLA fuses into one pass (a gather by index array is
+    materialised per term)."""
+
+    def propagate(W_rec, M_h, idx):
+        R, n = W_rec.shape
+        w = jnp.take_along_axis(W_rec, idx, axis=1).reshape(R // n, n, len(offsets))
+        total = 0.0
+        for s, o in enumerate(offsets):
+            total = total + w[:, :, s, None] * jnp.roll(M_h, -o, axis=0)[None]
+        return total.reshape(R, -1)
+
+    return propagate
+
+
+def _dense_adjoint(W_rec, c, idx):
+    return W_rec.T @ c
+
+
+def _gathered_adjoint(W_rec, c, idx):
+    w = jnp.take_along_axis(W_rec, idx, axis=1)  # [R, k]
+    return jnp.zeros((W_rec.shape[1],), c.dtype).at[idx].add(w * c[:, None])
+
+
 def _masked_dense(W_rec, M_h, idx):
     rows = jnp.arange(W_rec.shape[0])[:, None]
     keep = jnp.zeros(W_rec.shape, W_rec.dtype).at[rows, idx].set(1.0)
@@ -130,7 +196,7 @@ GATHER_MAX_FRACTION = 4  # gather for k <= n / 4, masked matmul above
 
 def rtrl(cell, loss="mse"):
     """Full RTRL, M ← J M + M_imm (Williams & Zipser 1989)."""
-    return _sensitivity_algorithm(cell, loss, "rtrl", _dense)
+    return _sensitivity_algorithm(cell, loss, "rtrl", _dense, _dense_adjoint)
 
 
 def sparse_rtrl(cell, k, mask="ring", loss="mse", impl=None):
@@ -142,17 +208,26 @@ def sparse_rtrl(cell, k, mask="ring", loss="mse", impl=None):
     if impl not in ("gather", "masked"):
         raise ValueError(f"unknown impl {impl!r}; use 'gather' or 'masked'")
     propagate = {"gather": _gathered, "masked": _masked_dense}[impl] if k else None
+    if k and impl == "gather" and mask == "ring":
+        propagate = _ring_rolled([int(o) for o in masks.ring_offsets(k, cell.n_hidden)])
     return _sensitivity_algorithm(
-        cell, loss, f"sparse_rtrl(k={k},{mask})", propagate, select=k > 0, k=k, mask=mask
+        cell,
+        loss,
+        f"sparse_rtrl(k={k},{mask})",
+        propagate,
+        _gathered_adjoint,
+        select=k > 0,
+        k=k,
+        mask=mask,
     )
 
 
 def traces(cell, decay=0.0, loss="mse"):
-    """Eligibility traces M ← γ M + M_imm; decay γ = 0 is the immediate derivative."""
+    """Eligibility traces M ← γ M + M_imm; decay γ = 0 is the immediate derivative (vanilla)."""
     decay = float(decay)
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"decay must lie in [0, 1], got {decay}")
-    return _sensitivity_algorithm(cell, loss, f"traces(decay={decay:g})", None, decay=decay)
+    return _sensitivity_algorithm(cell, loss, f"traces(decay={decay:g})", None, None, decay=decay)
 
 
 class Snap1State(NamedTuple):

@@ -17,6 +17,7 @@ four gate rows of a neuron are rows i, n+i, 2n+i, 3n+i).
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 MASKS = ("ring", "random", "oracle", "anti_oracle", "dynamic")
 ORACLE_PERIOD = 200
@@ -29,14 +30,14 @@ def check(mask: str, k: int, n: int) -> None:
         raise ValueError(f"k must satisfy 0 <= k <= n_hidden = {n}, got k = {k}")
 
 
-def ring_offsets(k: int, n: int) -> jax.Array:
-    """[0, 1, -1, 2, -2, ...][:k], as residues mod n, shape [k]."""
+def ring_offsets(k: int, n: int) -> np.ndarray:
+    """[0, 1, -1, 2, -2, ...][:k], as residues mod n, shape [k] (static: numpy, not traced)."""
     offsets = [0]
     step = 1
     while len(offsets) < k:
         offsets += [step, -step]
         step += 1
-    return jnp.asarray(offsets[:k], jnp.int32) % n
+    return np.asarray(offsets[:k], np.int32) % n
 
 
 def ring(rows: int, n: int, k: int) -> jax.Array:
