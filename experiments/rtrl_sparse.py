@@ -151,8 +151,9 @@ class Study:
             meta, arrays, path = latest
             if meta.get("config_hash") != self.config_hash:
                 raise ValueError(f"{path} was written by another config; use a new --workdir")
-            restored = checkpoint.restore({"states": states, "store": store}, arrays)
-            states, store, start = restored["states"], restored["store"], meta["step"]
+            restored = checkpoint.restore({"states": _storable(states), "store": store}, arrays)
+            states = _unstorable(states, restored["states"])
+            store, start = restored["store"], meta["step"]
             print(f"  resuming {work['id']} at step {start} from {path.name}", flush=True)
         ys_all = rtrl.Target(data.ys, data.weights)
         label = self.label(work)
@@ -184,7 +185,7 @@ class Study:
             checkpoint.save(
                 self.ckpt_dir,
                 {"cell": work["id"], "step": hi, "config_hash": self.config_hash},
-                {"states": states, "store": store},
+                {"states": _storable(states), "store": store},
             )
             rate = (hi - start) / max(time.time() - t0, 1e-9)
             eta = (T - hi) / rate
@@ -321,6 +322,21 @@ class Study:
                 logy=True,
                 vlines=spec.shifts,
             )
+
+
+def _is_key(leaf) -> bool:
+    return jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key)
+
+
+def _storable(tree):
+    """Typed PRNG keys (UORO's, KF-RTRL's) as their raw key data, so msgpack can hold them."""
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def _unstorable(template, tree):
+    return jax.tree.map(
+        lambda t, x: jax.random.wrap_key_data(x) if _is_key(t) else x, template, tree
+    )
 
 
 def spec_arg(setting, name, default):
