@@ -228,10 +228,12 @@ def _table9():
 def _table13():
     full = [_m("full RTRL", "rtrl", "cond 2.6–6.5 over all rows (text)")]
     return [
-        _setting("sine n=64", "sine", full, spectrum_every=100),
-        _setting("lorenz n=64", "lorenz", full, spectrum_every=100),
-        _setting("sine n=128", "sine", full, n=128, spectrum_every=100),
-        _setting("sine n=256", "sine", full, n=256, spectrum_every=250, seeds=SEEDS[:3]),
+        _setting("sine n=64", "sine", full, spectrum_every=100, floor=None),
+        _setting("lorenz n=64", "lorenz", full, spectrum_every=100, floor=None),
+        _setting("sine n=128", "sine", full, n=128, spectrum_every=100, floor=None),
+        _setting(
+            "sine n=256", "sine", full, n=256, spectrum_every=250, seeds=SEEDS[:3], floor=None
+        ),
     ]
 
 
