@@ -52,7 +52,11 @@ def sequence_grads(algo: Algorithm, params, xs, ys, key):
     xs [T, n_in], ys [T, n_out] (or a losses.Target with leading T axes). For the exact
     algorithms this is ∂(Σ_t L_t)/∂θ, the BPTT gradient.
     """
-    state = algo.init(key, params)
+    return scan_grads(algo, params, algo.init(key, params), xs, ys)[0]
+
+
+def scan_grads(algo: Algorithm, params, state, xs, ys):
+    """(Σ_t out.grads, out.loss [T]) over a sequence from `state`, parameters held fixed."""
 
     def body(carry, inputs):
         state, total = carry
@@ -60,8 +64,8 @@ def sequence_grads(algo: Algorithm, params, xs, ys, key):
         return (state, jax.tree.map(jnp.add, total, out.grads)), out.loss
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    (_, total), _ = jax.lax.scan(body, (state, zeros), (xs, ys))
-    return total
+    (_, total), losses = jax.lax.scan(body, (state, zeros), (xs, ys))
+    return total, losses
 
 
-__all__ = ["Algorithm", "StepOutput", "NAMES", "get", "sequence_grads"]
+__all__ = ["Algorithm", "StepOutput", "NAMES", "get", "scan_grads", "sequence_grads"]

@@ -130,7 +130,14 @@ def algorithms(cell, k: int, decay: float) -> dict:
         # The library's shared sensitivity step with only the propagation term swapped, so the
         # row differs from the shipped sparse_rtrl in that term alone.
         SPARSE_NAIVE: forward._sensitivity_algorithm(
-            cell, "mse", SPARSE_NAIVE, _naive_gather, select=True, k=k, mask="ring"
+            cell,
+            "mse",
+            SPARSE_NAIVE,
+            _naive_gather,
+            forward._gathered_adjoint,
+            select=True,
+            k=k,
+            mask="ring",
         ),
         TRACES: rtrl.algorithms.get("traces", cell, decay=decay),
         UORO: rtrl.algorithms.get("uoro", cell),
@@ -144,14 +151,7 @@ def scanned_grads(algo, traces: dict, label: str):
 
     def run(params, state, xs, ys):
         traces[label] = traces.get(label, 0) + 1
-
-        def body(carry, inputs):
-            state, total = carry
-            state, out = algo.step(params, state, *inputs)
-            return (state, jax.tree.map(jnp.add, total, out.grads)), out.loss
-
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        (_, total), losses = jax.lax.scan(body, (state, zeros), (xs, ys))
+        total, losses = rtrl.algorithms.scan_grads(algo, params, state, xs, ys)
         return total, jnp.sum(losses)
 
     return run
