@@ -89,8 +89,15 @@ def load_latest(directory: str | os.PathLike) -> tuple[dict, dict, Path] | None:
 
 
 def restore(target, arrays: dict):
-    """The pytree `target` (for structure, shapes and dtypes) with the values of `arrays`."""
+    """The pytree `target` (for structure, shapes and dtypes) with the values of `arrays`.
+
+    NumPy leaves come back as writable copies: msgpack decoding may hand out read-only views
+    of the file buffer (it does in some flax versions), and callers fill restored buffers in place.
+    """
     restored = flax.serialization.from_state_dict(target, arrays)
+    restored = jax.tree_util.tree_map(
+        lambda x: np.array(x) if isinstance(x, np.ndarray) else x, restored
+    )
     mismatched = [
         (np.shape(a), np.shape(b))
         for a, b in zip(
