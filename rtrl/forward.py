@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from rtrl import cells as cells_lib
-from rtrl import losses, masks
+from rtrl import losses, masks, sweep
 from rtrl.interface import Algorithm, StepOutput, assemble, check_step_shapes, readout_step
 
 
@@ -59,7 +59,7 @@ def _core_jvp3(cell, z, carry, dz, dM):
 
 
 def _sensitivity_algorithm(
-    cell, loss, name, propagate, adjoint, select=None, k=0, mask="ring", decay=0.0
+    cell, loss, name, propagate, adjoint, select=None, k=0, mask="ring", decay=0.0, ring=None
 ):
     """The shared forward-mode step.
 
@@ -74,10 +74,18 @@ def _sensitivity_algorithm(
 
     which is the same number (linearity), but leaves M_t with a single consumer (the next step),
     so XLA neither recomputes nor re-lays out the update to feed the contraction.
+
+    `ring` (signed offsets, () for traces) says that P_t only reaches ring neighbours; then, when
+    M is large enough to be split in blocks, the update and the contraction run as one in-place
+    blocked pass over M (`rtrl.sweep`), same values, one read and one write of M per step.
     """
     loss_fn = losses.get(loss)
     n, R = cell.n_hidden, cell.n_rows
     m = n + cell.n_in + 1
+    block = None
+    if ring is not None:
+        reach = max([0] + [abs(o) for o in ring])
+        block = sweep.block_rows(n, R * m * 4, reach)  # float32 row bytes (a heuristic only)
 
     def init(key, params):
         dtype = params["W_rec"].dtype
@@ -98,17 +106,7 @@ def _sensitivity_algorithm(
         if select:
             gain = jax.vmap(jax.grad(lambda zr: _row_activation(cell, zr)))(z)
             idx = masks.refresh(mask, idx, state.t, params["W_rec"], gain, k)
-        eye = jnp.arange(R)[:, None, None] == jnp.arange(R)[None, :, None]
-        dz = jnp.where(eye, v[None, None, :], jnp.zeros((), v.dtype))  # I_t [R, R, m]
-        M_h = cell.hidden(state.M)
-        if propagate is not None:
-            P = propagate(params["W_rec"], M_h.reshape(n, R * m), idx)
-            dz = dz + P.reshape(R, R, m)
         carry = cell.core(z, state.carry)
-        M = _core_jvp3(cell, z, state.carry, dz, state.M)
-        if decay:
-            M = _add_decay_to_hidden(cell, M, state.M, decay)
-
         h = cell.hidden(carry)
         pred, step_loss, dh, readout_grads = readout_step(cell, loss_fn, params, h, target)
         _, core_vjp = jax.vjp(lambda zz, ss: cell.hidden(cell.core(zz, ss)), z, state.carry)
@@ -120,13 +118,35 @@ def _sensitivity_algorithm(
         if decay:
             extra_h = extra_h + decay * dh
         coef = _add_to_hidden(cell, coef, extra_h)
-        g_theta = jnp.outer(c_z, v)
-        for c_leaf, M_leaf in zip(jax.tree.leaves(coef), jax.tree.leaves(state.M), strict=True):
-            g_theta = g_theta + jnp.einsum("i,iam->am", c_leaf, M_leaf)
+        if block is None:
+            M = _update(cell, params, state, z, v, idx, propagate, decay)
+            g_theta = jnp.outer(c_z, v)
+            for c_leaf, M_leaf in zip(jax.tree.leaves(coef), jax.tree.leaves(state.M), strict=True):
+                g_theta = g_theta + jnp.einsum("i,iam->am", c_leaf, M_leaf)
+        else:
+            w = jnp.take_along_axis(params["W_rec"], idx, axis=1)  # [R, k]
+            M, g_M = sweep.update_and_contract(
+                cell, z, state.carry, v, state.M, coef, w, ring, decay, block
+            )
+            g_theta = jnp.outer(c_z, v) + g_M
         out = StepOutput(assemble(cell, g_theta, readout_grads), step_loss, pred)
         return SensitivityState(carry, M, idx, state.t + 1), out
 
     return Algorithm(name, init, step)
+
+
+def _update(cell, params, state, z, v, idx, propagate, decay):
+    """M_t = core'(z_t) · (I_t + P_t, M_{t-1}) (+ γ M_h,{t-1}) as whole-tensor operations."""
+    n, R, m = jax.tree.leaves(state.M)[0].shape
+    eye = jnp.arange(R)[:, None, None] == jnp.arange(R)[None, :, None]
+    dz = jnp.where(eye, v[None, None, :], jnp.zeros((), v.dtype))  # I_t [R, R, m]
+    if propagate is not None:
+        P = propagate(params["W_rec"], cell.hidden(state.M).reshape(n, R * m), idx)
+        dz = dz + P.reshape(R, R, m)
+    M = _core_jvp3(cell, z, state.carry, dz, state.M)
+    if decay:
+        M = _add_decay_to_hidden(cell, M, state.M, decay)
+    return M
 
 
 def _add_to_hidden(cell, tree, vec):
@@ -208,8 +228,10 @@ def sparse_rtrl(cell, k, mask="ring", loss="mse", impl=None):
     if impl not in ("gather", "masked"):
         raise ValueError(f"unknown impl {impl!r}; use 'gather' or 'masked'")
     propagate = {"gather": _gathered, "masked": _masked_dense}[impl] if k else None
+    ring = None
     if k and impl == "gather" and mask == "ring":
         propagate = _ring_rolled([int(o) for o in masks.ring_offsets(k, cell.n_hidden)])
+        ring = tuple(masks.signed_ring_offsets(k))
     return _sensitivity_algorithm(
         cell,
         loss,
@@ -219,6 +241,7 @@ def sparse_rtrl(cell, k, mask="ring", loss="mse", impl=None):
         select=k > 0,
         k=k,
         mask=mask,
+        ring=ring,
     )
 
 
@@ -227,7 +250,8 @@ def traces(cell, decay=0.0, loss="mse"):
     decay = float(decay)
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"decay must lie in [0, 1], got {decay}")
-    return _sensitivity_algorithm(cell, loss, f"traces(decay={decay:g})", None, None, decay=decay)
+    name = f"traces(decay={decay:g})"
+    return _sensitivity_algorithm(cell, loss, name, None, None, decay=decay, ring=())
 
 
 class Snap1State(NamedTuple):

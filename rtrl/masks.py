@@ -30,14 +30,19 @@ def check(mask: str, k: int, n: int) -> None:
         raise ValueError(f"k must satisfy 0 <= k <= n_hidden = {n}, got k = {k}")
 
 
-def ring_offsets(k: int, n: int) -> np.ndarray:
-    """[0, 1, -1, 2, -2, ...][:k], as residues mod n, shape [k] (static: numpy, not traced)."""
+def signed_ring_offsets(k: int) -> list[int]:
+    """[0, 1, -1, 2, -2, ...][:k] (static Python ints)."""
     offsets = [0]
     step = 1
     while len(offsets) < k:
         offsets += [step, -step]
         step += 1
-    return np.asarray(offsets[:k], np.int32) % n
+    return offsets[:k]
+
+
+def ring_offsets(k: int, n: int) -> np.ndarray:
+    """`signed_ring_offsets(k)` as residues mod n, shape [k] (static: numpy, not traced)."""
+    return np.asarray(signed_ring_offsets(k), np.int32) % n
 
 
 def ring(rows: int, n: int, k: int) -> jax.Array:

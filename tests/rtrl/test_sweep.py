@@ -1,0 +1,81 @@
+"""The blocked in-place sweep (rtrl.sweep) against the whole-tensor update, float64.
+
+At the study's sizes the sweep only runs for n >= 128; here BLOCK_BYTES is lowered so that it runs
+at n = 24 with blocks of 2, 3, 4 and 6 neurons, including the ring's wrap-around at both ends.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rtrl
+from rtrl import sweep
+
+N, N_IN, N_OUT, T = 24, 2, 3, 9  # n >= 4k, so ring k = 4 takes the gather path
+CASES = [
+    ("sparse_rtrl", {"k": 1, "mask": "ring"}),
+    ("sparse_rtrl", {"k": 3, "mask": "ring"}),
+    ("sparse_rtrl", {"k": 4, "mask": "ring"}),
+    ("traces", {"decay": 0.0}),
+    ("traces", {"decay": 0.9}),
+]
+
+
+def _row_bytes(cell):
+    return cell.n_rows * (N + N_IN + 1) * 4
+
+
+@pytest.mark.parametrize("cell_name", ["vanilla", "lstm"])
+def test_sweep_equals_whole_tensor_update(cell_name, monkeypatch):
+    cell = rtrl.cells.get(cell_name, n_in=N_IN, n_hidden=N, n_out=N_OUT)
+    calls = {"n": 0}
+    real = sweep.update_and_contract
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "update_and_contract", counting)
+    algos = {}
+    for name, opts in CASES:
+        monkeypatch.setattr(sweep, "BLOCK_BYTES", 1 << 40)  # one block: whole-tensor path
+        algos[(name, str(opts), "whole")] = rtrl.algorithms.get(name, cell, **opts)
+        for block in (2, 3, 4, 6):
+            monkeypatch.setattr(sweep, "BLOCK_BYTES", block * _row_bytes(cell))
+            algos[(name, str(opts), str(block))] = rtrl.algorithms.get(name, cell, **opts)
+
+    rng = np.random.default_rng(5)
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), cell.init(jax.random.key(5)))
+    params = {**params, "b": jnp.asarray(0.3 * rng.normal(size=cell.n_rows))}
+    xs = jnp.asarray(rng.normal(size=(T, N_IN)))
+    ys = jnp.asarray(rng.normal(size=(T, N_OUT)))
+
+    @jax.jit
+    def all_grads(params, xs, ys):
+        return {
+            key: rtrl.sequence_grads(a, params, xs, ys, jax.random.key(0))
+            for key, a in algos.items()
+        }
+
+    grads = all_grads(params, xs, ys)
+    assert calls["n"] == len(CASES) * 4  # every blocked algorithm took the sweep (one trace each)
+    for name, opts in CASES:
+        ref = grads[(name, str(opts), "whole")]
+        for block in (2, 3, 4, 6):
+            got = grads[(name, str(opts), str(block))]
+            for leaf in ref:
+                np.testing.assert_allclose(
+                    got[leaf], ref[leaf], rtol=1e-12, atol=1e-14, err_msg=f"{name} {opts} B={block}"
+                )
+        assert float(jnp.max(jnp.abs(ref["W_rec"]))) > 1e-3  # a gradient that can disagree
+
+
+def test_block_rows_choice():
+    row = 264 * 1024
+    assert sweep.block_rows(256, row, reach=2) == 4  # 4 rows ≈ 1 MiB ≤ 2 MiB < 8 rows
+    assert sweep.block_rows(64, 17 * 1024, reach=2) is None  # M fits one block: no sweep
+    assert sweep.block_rows(12, 10**9, reach=2) is None  # no block small enough
+    sixth = sweep.BLOCK_BYTES // 6
+    assert sweep.block_rows(12, sixth, reach=2) == 6  # largest divisor of n that fits
+    assert sweep.block_rows(12, sixth, reach=7) is None  # a block must reach the neighbours
