@@ -14,8 +14,8 @@ Rows: rtrl; sparse_rtrl (k, ring mask) as shipped (impl auto; where M exceeds on
 n >= 128 here, it and traces run as the in-place blocked sweep of rtrl.sweep), with impl="masked",
 and a naive gather written here (one [n, k, P] gather of M's rows, then an einsum) to show why
 the shipped gather differs; traces (decay 0.95); uoro; "bptt", which is NOT the online tbptt
-algorithm but the one-shot whole-sequence gradient jax.grad(rtrl.sequence_loss) over the same stream (steps/s
-= steps / time); and a textbook NumPy full RTRL (batch 1) for scale.
+algorithm but the one-shot whole-sequence gradient jax.grad(rtrl.sequence_loss) over the same
+stream (steps/s = steps / time); and a textbook NumPy full RTRL (batch 1) for scale.
 
 Floors, measured in the same run:
 - J·M matmul: a scanned [n, n] @ [n, n·m] float32 product (m = n + n_in + 1), the shape of full
