@@ -83,7 +83,7 @@ def _sensitivity_algorithm(
     n, R = cell.n_hidden, cell.n_rows
     m = n + cell.n_in + 1
     block = None
-    if ring is not None:
+    if ring is not None and (ring or n * R * m * 4 > sweep.TRACES_MIN_BYTES):
         reach = max([0] + [abs(o) for o in ring])
         block = sweep.block_rows(n, R * m * 4, reach)  # float32 row bytes (a heuristic only)
 

@@ -9,13 +9,19 @@ neuron-i slice of M depends on old slices i + o_min … i + o_max only. So the s
 
 can sweep i in blocks of B neurons, read each old block once, write its new block over it
 (`dynamic_update_slice` of a loop-carried buffer, which XLA does in place), and accumulate the
-contraction from the same cached block. The old rows a block still needs after they were
-overwritten are kept aside: the L rows just below it (`lag`) and, for the last block, the U
-rows past the end of the ring (`head`, saved before the sweep). That is one read and one write
-of M per step, the M-touch floor. The obvious whole-tensor program instead reads M for the
-contraction, reads it again (shifted) for the update, writes a new M and then copies it back
-into the loop-carried buffer, because an update that reads shifted rows cannot be done in place
-(5 passes over M instead of 2, seen in the compiled HLO).
+contraction from the same cached block. The old rows a block needs travel in the loop state as a
+small window (rows start−L … start+B+U−1 of the hidden leaf, L and U the reach of the offsets
+below and above); the next window is sliced from M after the current block was written (its new
+rows lie above the written ones, so they are still old; the U rows past the ring's end are
+saved before the sweep). That is one read and one write of M per step, the M-touch floor.
+
+The obvious whole-tensor program reads M for the contraction, reads it again (shifted) for the
+update, writes a new M and then copies it back into the loop-carried buffer, because an update
+that reads shifted rows cannot be done in place: 5 passes over M instead of 2 (seen in the
+compiled HLO). Two XLA:CPU behaviours shape this code: it orders reads before an in-place write
+only by data dependence (optimisation barriers are dropped before fusion), hence the windows
+read after the write; and it evaluates a concatenation inside a fused loop element by element
+with branches, hence the static slices of a carried window instead of rolls of M.
 
 Shapes: M leaves [n, R, m] (R = G n rows, G gates per neuron), z [R], carry leaves [n],
 v [m], coef leaves [n], w [R, k]. Offsets are signed Python ints (ring: 0, +1, −1, +2, …).
@@ -27,6 +33,11 @@ import jax.numpy as jnp
 # Blocks of about this many bytes per M leaf: big enough to amortise the per-iteration cost of
 # the loop, small enough that a block and its neighbours stay in cache between the passes.
 BLOCK_BYTES = 2 << 20
+# Traces (no propagation term) only take the sweep when M is larger than this machine's L3
+# (32 MiB): below it the whole-tensor update, an elementwise pass over cached data, was as fast
+# or faster (LSTM n=64: 0.9 vs 1.8 ms per step), while ring-sparse RTRL gains at every size
+# where blocks apply (LSTM n=64: 32 → 6 ms per step).
+TRACES_MIN_BYTES = 32 << 20
 
 
 def block_rows(n: int, row_bytes: int, reach: int) -> int | None:
@@ -47,23 +58,28 @@ def update_and_contract(cell, z, carry, v, M, coef, w, offsets, decay, block):
     U = max([0] + list(offsets))  # rows needed above it
     B, nb = block, n // block
     leaves, treedef = jax.tree.flatten(M)
-    # The hidden-state leaf (first in both cells: h, or (h, c)) is read at neighbouring rows:
-    # the old rows just below a block were overwritten by the previous block, so they are
-    # carried (`lag`), and rows 0 .. U-1, read by the last block, are saved first (`head`).
-    head = leaves[0][:U]
-    lag0 = leaves[0][n - L :]
+    # Each leaf's old rows for the current block travel in the loop state (`windows`): for the
+    # hidden leaf (first in both cells: h, or (h, c)) rows start-L .. start+B+U-1, for the others
+    # rows start .. start+B-1. The next block's window is sliced from M *after* this block was
+    # written (its rows lie above the written ones, so they are still old), which orders every
+    # read of M before the write that would clobber it: XLA then updates M in place, and the
+    # compute reads static slices of a small buffer instead of a concatenation.
+    reach = [(L, U)] + [(0, 0)] * (len(leaves) - 1)
+    head = leaves[0][:U]  # old rows 0 .. U-1, needed by the last block after block 0 is written
+    windows0 = [
+        jnp.concatenate([leaf[n - lo :], leaf[: B + hi]]) if lo else leaf[: B + hi]
+        for leaf, (lo, hi) in zip(leaves, reach, strict=True)
+    ]
     carry_leaves = jax.tree.leaves(carry)
     coef_leaves = jax.tree.leaves(coef)
     wg = w.reshape(G, n, len(offsets)) if offsets else None
     zg = z.reshape(G, n)
     diag = jnp.arange(G)[:, None, None] * n + jnp.arange(B)[None, :, None]  # [G, B, 1] row g n + r
-    last_rows = (jnp.arange(B)[None, :] == jnp.arange(B - L, B)[:, None]).astype(v.dtype)  # [L, B]
 
     def body(b, state):
-        leaves, lag, acc = state
+        leaves, windows, acc = state
         start = b * B
-        rows = [jax.lax.dynamic_slice_in_dim(leaf, start, B) for leaf in leaves]  # old blocks
-        old_h = rows[0]
+        rows = [win[lo : lo + B] for win, (lo, _) in zip(windows, reach, strict=True)]
         dz = (
             jnp.where(jnp.arange(R)[None, None, :] == diag + start, 1.0, 0.0).astype(v.dtype)[
                 ..., None
@@ -71,12 +87,9 @@ def update_and_contract(cell, z, carry, v, M, coef, w, offsets, decay, block):
             * v
         )  # I_t rows g n + i, i in the block: [G, B, R, m]
         if offsets:
-            ahead = jax.lax.dynamic_slice_in_dim(leaves[0], jnp.minimum(start + B, n - U), U)
-            ahead = jnp.where(b == nb - 1, head, ahead)
-            window = jnp.concatenate([lag, old_h, ahead])  # old rows start-L .. start+B+U-1
             wb = jax.lax.dynamic_slice_in_dim(wg, start, B, axis=1)  # [G, B, k]
             for s, o in enumerate(offsets):
-                dz = dz + wb[:, :, s, None, None] * window[L + o : L + o + B][None]
+                dz = dz + wb[:, :, s, None, None] * windows[0][L + o : L + o + B][None]
         z_b = jax.lax.dynamic_slice_in_dim(zg, start, B, axis=1).reshape(G * B)
         carry_b = jax.tree.unflatten(
             treedef, [jax.lax.dynamic_slice_in_dim(c, start, B) for c in carry_leaves]
@@ -84,28 +97,36 @@ def update_and_contract(cell, z, carry, v, M, coef, w, offsets, decay, block):
         old_b = jax.tree.unflatten(treedef, rows)
         new_b = jax.tree.leaves(_jvp_block(cell, z_b, carry_b, dz.reshape(G * B, R, m), old_b))
         if decay:
-            new_b[0] = new_b[0] + decay * old_h
+            new_b[0] = new_b[0] + decay * rows[0]
         for c, old in zip(coef_leaves, rows, strict=True):
             acc = acc + jnp.einsum("i,iam->am", jax.lax.dynamic_slice_in_dim(c, start, B), old)
-        # XLA:CPU writes a loop-carried block in place only if every other read of the buffer is
-        # ordered before the write, it orders by data dependence alone (optimisation barriers
-        # are dropped), and it re-reads M for any cheap consumer. So the other reads (the
-        # contraction and the rows kept for the next block) are matrix products, which it does
-        # not duplicate, and the written values depend on both through a term that is zero
-        # whenever they are finite. Without this XLA copies all of M twice per block.
-        after = 0.0 * acc[0, 0]
-        if L:
-            lag = jnp.einsum("lb,bam->lam", last_rows, old_h)  # old_h[B-L:] as a product
-            after = after + 0.0 * lag[0, 0, 0]
         leaves = [
-            jax.lax.dynamic_update_slice_in_dim(leaf, new + after, start, axis=0)
+            jax.lax.dynamic_update_slice_in_dim(leaf, new, start, axis=0)
             for leaf, new in zip(leaves, new_b, strict=True)
         ]
-        return leaves, lag, acc
+        windows = [
+            _next_window(leaf, win, lo, hi, B, b, nb, head if lo or hi else None)
+            for leaf, win, (lo, hi) in zip(leaves, windows, reach, strict=True)
+        ]
+        return leaves, windows, acc
 
     acc0 = jnp.zeros((R, m), v.dtype)
-    leaves, _, acc = jax.lax.fori_loop(0, nb, body, (leaves, lag0, acc0))
+    leaves, _, acc = jax.lax.fori_loop(0, nb, body, (leaves, windows0, acc0))
     return jax.tree.unflatten(treedef, leaves), acc
+
+
+def _next_window(leaf, win, lo, hi, B, b, nb, head):
+    """Old rows (b+1) B - lo .. (b+2) B + hi - 1 of `leaf`, from the current window and the
+    rows above it in the already-updated leaf (the U rows past the ring's end come from `head`).
+    At b = nb - 1 there is no next block; the value is unused."""
+    n = leaf.shape[0]
+    start = (b + 1) * B + hi  # first row not in the current window
+    fresh = jax.lax.dynamic_slice_in_dim(leaf, jnp.minimum(start, n - B), B)
+    if hi:
+        # b = nb - 2: rows n - B + hi .. n - 1, then ring rows 0 .. hi - 1 (saved old ones).
+        wrapped = jnp.concatenate([leaf[n - B + hi :], head])
+        fresh = jnp.where(b == nb - 2, wrapped, fresh)
+    return jnp.concatenate([win[B:], fresh])
 
 
 def _jvp_block(cell, z, carry, dz, dM):

@@ -1,7 +1,8 @@
 """The blocked in-place sweep (rtrl.sweep) against the whole-tensor update, float64.
 
-At the study's sizes the sweep only runs for n >= 128; here BLOCK_BYTES is lowered so that it runs
-at n = 24 with blocks of 2, 3, 4 and 6 neurons, including the ring's wrap-around at both ends.
+At the study's sizes the sweep runs for ring-sparse RTRL at n >= 128 (LSTM: n >= 64) and for traces
+when M exceeds 32 MiB; here BLOCK_BYTES and TRACES_MIN_BYTES are lowered so that it runs at n = 24
+with blocks of 2, 3, 4 and 6 neurons, including the ring's wrap-around at both ends.
 """
 
 import jax
@@ -37,6 +38,7 @@ def test_sweep_equals_whole_tensor_update(cell_name, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(sweep, "update_and_contract", counting)
+    monkeypatch.setattr(sweep, "TRACES_MIN_BYTES", 0)
     algos = {}
     for name, opts in CASES:
         monkeypatch.setattr(sweep, "BLOCK_BYTES", 1 << 40)  # one block: whole-tensor path
