@@ -141,7 +141,13 @@ def jacobian_spectrum(M, variance: float = 0.95) -> tuple[jax.Array, jax.Array]:
     """
     M = jnp.asarray(M)
     n = M.shape[0]
-    sigma = jnp.linalg.svd(M.reshape(n, -1), compute_uv=False)
+    A = M.reshape(n, -1)
+    if A.shape[1] > n:
+        # Same singular values from the n × n triangular factor of Aᵀ = Q R: the SVD of the wide
+        # [n, P] matrix itself allocates P × P workspace on CPU (17 GB at n = 256), and the Gram
+        # matrix A Aᵀ would square the condition number in float32.
+        A = jnp.linalg.qr(A.T, mode="r")
+    sigma = jnp.linalg.svd(A, compute_uv=False)
     energy = jnp.cumsum(sigma**2)
     total = energy[-1]
     rank = jnp.argmax(energy >= variance * total).astype(jnp.int32) + 1

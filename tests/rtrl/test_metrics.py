@@ -134,3 +134,15 @@ def test_jacobian_spectrum_singular_and_vmap():
     ranks, conds = jax.jit(jax.vmap(metrics.jacobian_spectrum))(Ms)
     np.testing.assert_array_equal(ranks, [3, 3, 3])
     np.testing.assert_allclose(conds, [4.0, 4.0, 4.0], rtol=1e-10)
+
+
+def test_jacobian_spectrum_wide_float32_accuracy_and_memory():
+    # A condition number of 1e4 in float32 (the range full RTRL's M reaches) is recovered.
+    s = np.geomspace(1e4, 1.0, 16)
+    M = jnp.asarray(_with_singular_values(s, 400, 3), jnp.float32)
+    rank, cond = metrics.jacobian_spectrum(M)
+    assert float(cond) == pytest.approx(1e4, rel=1e-2)
+    # The study's largest M (n = 256, P = 256 · 258) needs workspace of order n·P, not P².
+    spec = jax.ShapeDtypeStruct((256, 256 * 258), jnp.float32)
+    compiled = jax.jit(metrics.jacobian_spectrum).lower(spec).compile()
+    assert compiled.memory_analysis().temp_size_in_bytes < 4 * 256 * 256 * 258 * 4
