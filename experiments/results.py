@@ -40,6 +40,11 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def as_saved(obj):
+    """obj as it reads back from JSON (tuples become lists), for comparing with a saved file."""
+    return json.loads(json.dumps(obj))
+
+
 def finished_run(workdir: str | os.PathLike, config: dict) -> tuple[str, dict] | None:
     """(table, summary) of a finished run with this exact config, else None."""
     workdir = Path(workdir)
@@ -49,4 +54,4 @@ def finished_run(workdir: str | os.PathLike, config: dict) -> tuple[str, dict] |
         table = (workdir / "table.md").read_text()
     except (OSError, ValueError):
         return None
-    return (table, summary) if saved == config and summary.get("finished") else None
+    return (table, summary) if saved == as_saved(config) and summary.get("finished") else None

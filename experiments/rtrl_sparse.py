@@ -591,7 +591,7 @@ def run(config, workdir: str | Path) -> dict:
         print(done[0], flush=True)
         return done[1]
     saved = workdir / "config.json"
-    if saved.exists() and json.loads(saved.read_text()) != cfg:
+    if saved.exists() and json.loads(saved.read_text()) != results.as_saved(cfg):
         raise ValueError(f"{workdir} holds a run of another config; use a new --workdir")
     results.write_json(saved, cfg)
     return Study(config, workdir).run()

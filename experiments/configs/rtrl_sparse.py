@@ -141,7 +141,7 @@ def _tbptt():
     methods = [_m("k=4", "sparse_rtrl", k=4, mask="ring")]
     methods += [{**_m(f"TBPTT w={w}", "tbptt", w=w), "lrs": list(TBPTT_LRS)} for w in TBPTT_WINDOWS]
     methods += [_m("k=0", "sparse_rtrl", k=0, mask="ring"), _m("full RTRL", "rtrl")]
-    return [_setting("sine n=64", "sine", methods, seeds=SEEDS[:3])]
+    return [_setting("sine n=64", "sine", methods, seeds=list(SEEDS[:3]))]
 
 
 def _table6():
@@ -219,7 +219,7 @@ def _table9():
             "sine",
             [m for m in _base_methods(512) if m["algo"] != "rtrl"],
             n=512,
-            seeds=SEEDS[:2],
+            seeds=list(SEEDS[:2]),
             full=None,
         ),
     ]
@@ -232,7 +232,7 @@ def _table13():
         _setting("lorenz n=64", "lorenz", full, spectrum_every=100, floor=None),
         _setting("sine n=128", "sine", full, n=128, spectrum_every=100, floor=None),
         _setting(
-            "sine n=256", "sine", full, n=256, spectrum_every=250, seeds=SEEDS[:3], floor=None
+            "sine n=256", "sine", full, n=256, spectrum_every=250, seeds=list(SEEDS[:3]), floor=None
         ),
     ]
 

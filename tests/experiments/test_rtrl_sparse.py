@@ -52,6 +52,9 @@ def test_k_equal_n_matches_full_rtrl_in_the_study(tmp_path):
 
 def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
     config = presets.get_config("table5_smoke")
+    with config.unlocked():  # a tuple in the config reads back from config.json as a list
+        first = {**config.settings[0], "seeds": tuple(config.settings[0]["seeds"])}
+        config.settings = [first, *config.settings[1:]]
     full = rtrl_sparse.run(config, tmp_path / "full")
 
     calls = {"n": 0}
@@ -69,6 +72,7 @@ def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
         rtrl_sparse.run(config, tmp_path / "resumed")
     monkeypatch.setattr(rtrl_sparse.checkpoint, "save", real_save)
     resumed = rtrl_sparse.run(config, tmp_path / "resumed")
+    assert rtrl_sparse.run(config, tmp_path / "resumed") == resumed  # finished: re-read, not rerun
     for name, setting in full["settings"].items():
         for label, run in setting["methods"].items():
             got = resumed["settings"][name]["methods"][label]
