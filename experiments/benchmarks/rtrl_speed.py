@@ -10,7 +10,7 @@ gradients summed so nothing is dead code; no optimizer) over `--steps` steps, be
 `jax.vmap` of the same scanned function (one trace, checked with a counter in the traced
 function); single and vmapped programs are timed round-robin so machine noise hits them alike.
 
-Rows: rtrl; sparse_rtrl (k, ring mask) as shipped (impl auto; where M exceeds one 2 MiB block,
+Rows: rtrl; sparse_rtrl (k, ring mask) as shipped (impl auto; where M exceeds one 4 MiB block,
 n >= 128 here, it and traces run as the in-place blocked sweep of rtrl.sweep), with impl="masked",
 and a naive gather written here (one [n, k, P] gather of M's rows, then an einsum) to show why
 the shipped gather differs; traces (decay 0.95); uoro; "bptt", which is NOT the online tbptt

@@ -75,7 +75,7 @@ def test_sweep_equals_whole_tensor_update(cell_name, monkeypatch):
 
 def test_block_rows_choice():
     row = 264 * 1024
-    assert sweep.block_rows(256, row, reach=2) == 4  # 4 rows ≈ 1 MiB ≤ 2 MiB < 8 rows
+    assert sweep.block_rows(256, row, reach=2) == 8  # 8 rows ≈ 2 MiB ≤ 4 MiB < 16 rows
     assert sweep.block_rows(64, 17 * 1024, reach=2) is None  # M fits one block: no sweep
     assert sweep.block_rows(12, 10**9, reach=2) is None  # no block small enough
     sixth = sweep.BLOCK_BYTES // 6
