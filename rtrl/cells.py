@@ -158,3 +158,14 @@ def split_theta(cell: Cell, g: jax.Array) -> Params:
 def inputs_vector(h_prev: jax.Array, x: jax.Array) -> jax.Array:
     """v_t = [h_{t-1}; x_t; 1], shape [m]."""
     return jnp.concatenate([h_prev, x, jnp.ones((1,), h_prev.dtype)])
+
+
+def core_tangent(cell: Cell, z: jax.Array, carry: Carry, dz: jax.Array, dcarry: Carry) -> Carry:
+    """Tangent of s = core(z, s_prev) at (z, carry) for tangents batched on two trailing axes:
+    dz [len(z), A, C], dcarry leaves [len(carry leaf), A, C] -> leaves like dcarry. The core is
+    elementwise per neuron, so z and carry may be any block of neurons (z gate-major)."""
+
+    def one(dz_col, dcarry_col):
+        return jax.jvp(cell.core, (z, carry), (dz_col, dcarry_col))[1]
+
+    return jax.vmap(jax.vmap(one, in_axes=1, out_axes=1), in_axes=2, out_axes=2)(dz, dcarry)

@@ -39,25 +39,6 @@ class SensitivityState(NamedTuple):
     t: jax.Array  # [] int32 steps taken
 
 
-def _core_jvp(cell, z, carry, dz, dcarry):
-    """Tangent of s_t = core(z, s_{t-1}) for tangents batched on the last axis (P columns)."""
-
-    def one(dz_col, dcarry_col):
-        return jax.jvp(cell.core, (z, carry), (dz_col, dcarry_col))[1]
-
-    return jax.vmap(one, in_axes=-1, out_axes=-1)(dz, dcarry)
-
-
-def _core_jvp3(cell, z, carry, dz, dM):
-    """As `_core_jvp` for tangents batched on two trailing axes: dz [R, R, m], dM leaves
-    [n, R, m]. Keeping M in one shape end to end lets XLA fuse the update into one loop."""
-
-    def one(dz_col, dcarry_col):
-        return jax.jvp(cell.core, (z, carry), (dz_col, dcarry_col))[1]
-
-    return jax.vmap(jax.vmap(one, in_axes=1, out_axes=1), in_axes=2, out_axes=2)(dz, dM)
-
-
 def _sensitivity_algorithm(
     cell, loss, name, propagate, adjoint, select=None, k=0, mask="ring", decay=0.0, ring=None
 ):
@@ -82,10 +63,10 @@ def _sensitivity_algorithm(
     loss_fn = losses.get(loss)
     n, R = cell.n_hidden, cell.n_rows
     m = n + cell.n_in + 1
+    row_bytes = R * m * 4  # one neuron's slice of M in float32 (the block heuristic only)
     block = None
-    if ring is not None and (ring or n * R * m * 4 > sweep.TRACES_MIN_BYTES):
-        reach = max([0] + [abs(o) for o in ring])
-        block = sweep.block_rows(n, R * m * 4, reach)  # float32 row bytes (a heuristic only)
+    if ring is not None and (ring or n * row_bytes > sweep.TRACES_MIN_BYTES):
+        block = sweep.block_rows(n, row_bytes, max([0] + [abs(o) for o in ring]))
 
     def init(key, params):
         dtype = params["W_rec"].dtype
@@ -143,7 +124,8 @@ def _update(cell, params, state, z, v, idx, propagate, decay):
     if propagate is not None:
         P = propagate(params["W_rec"], cell.hidden(state.M).reshape(n, R * m), idx)
         dz = dz + P.reshape(R, R, m)
-    M = _core_jvp3(cell, z, state.carry, dz, state.M)
+    # One shape for M end to end ([n, R, m] tangents) lets XLA fuse the update into one loop.
+    M = cells_lib.core_tangent(cell, z, state.carry, dz, state.M)
     if decay:
         M = _add_decay_to_hidden(cell, M, state.M, decay)
     return M
@@ -282,9 +264,7 @@ def snap1(cell, loss="mse"):
         dz = (gate[:, None] == jnp.arange(G)[None, :]).astype(v.dtype)[:, :, None] * v
         dz = dz + self_w[:, None, None] * cell.hidden(state.M)[neuron]
         carry = cell.core(z, state.carry)
-        Mf = jax.tree.map(lambda leaf: leaf.reshape(n, G * m), state.M)
-        dM = _core_jvp(cell, z, state.carry, dz.reshape(R, G * m), Mf)
-        M = jax.tree.map(lambda leaf: leaf.reshape(n, G, m), dM)
+        M = cells_lib.core_tangent(cell, z, state.carry, dz, state.M)
         pred, step_loss, dh, readout_grads = readout_step(
             cell, loss_fn, params, cell.hidden(carry), target
         )

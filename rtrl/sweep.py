@@ -30,6 +30,8 @@ v [m], coef leaves [n], w [R, k]. Offsets are signed Python ints (ring: 0, +1, â
 import jax
 import jax.numpy as jnp
 
+from rtrl import cells
+
 # Blocks of about this many bytes per M leaf: big enough to amortise the per-iteration cost of
 # the loop, small enough that a block and its neighbours stay in cache between the passes.
 # Vanilla n=256, k=4, idle: blocks of 1, 2, 4, 8, 16 MiB took 18, 14, 11, 11, 15 ms per step.
@@ -96,7 +98,9 @@ def update_and_contract(cell, z, carry, v, M, coef, w, offsets, decay, block):
             treedef, [jax.lax.dynamic_slice_in_dim(c, start, B) for c in carry_leaves]
         )
         old_b = jax.tree.unflatten(treedef, rows)
-        new_b = jax.tree.leaves(_jvp_block(cell, z_b, carry_b, dz.reshape(G * B, R, m), old_b))
+        # The core is elementwise per neuron, so it runs on the block as on a B-neuron cell.
+        new_b = cells.core_tangent(cell, z_b, carry_b, dz.reshape(G * B, R, m), old_b)
+        new_b = jax.tree.leaves(new_b)
         if decay:
             new_b[0] = new_b[0] + decay * rows[0]
         for c, old in zip(coef_leaves, rows, strict=True):
@@ -128,14 +132,3 @@ def _next_window(leaf, win, lo, hi, B, b, nb, head):
         wrapped = jnp.concatenate([leaf[n - B + hi :], head])
         fresh = jnp.where(b == nb - 2, wrapped, fresh)
     return jnp.concatenate([win[B:], fresh])
-
-
-def _jvp_block(cell, z, carry, dz, dM):
-    """Tangent of core(z, s) for a block of B neurons (z [G B], carry leaves [B]) along the
-    RÂ·m tangent columns of dz [G B, R, m] and dM leaves [B, R, m]; the core is elementwise per
-    neuron, so it runs on the block as on a B-neuron cell."""
-
-    def one(dz_col, dcarry_col):
-        return jax.jvp(cell.core, (z, carry), (dz_col, dcarry_col))[1]
-
-    return jax.vmap(jax.vmap(one, in_axes=1, out_axes=1), in_axes=2, out_axes=2)(dz, dM)
