@@ -25,8 +25,9 @@ NAMES = tuple(_REGISTRY)
 def get(name: str, cell, **options) -> Algorithm:
     """Build an algorithm by registry name, e.g. get("sparse_rtrl", cell, k=4, mask="ring").
 
-    Options per algorithm: rtrl(loss), sparse_rtrl(k, mask, loss, impl), snap1(loss),
-    traces(decay, loss), uoro(loss, eps), kf_rtrl(loss, eps), tbptt(w, loss), bptt(length, loss).
+    Options per algorithm: rtrl(loss), sparse_rtrl(k, mask, loss, impl, native_kernel),
+    snap1(loss), traces(decay, loss, native_kernel), uoro(loss, eps), kf_rtrl(loss, eps),
+    tbptt(w, loss), bptt(length, loss).
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown algorithm {name!r}; known algorithms: {list(NAMES)}")

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from rtrl import cells as cells_lib
-from rtrl import losses, masks, sweep
+from rtrl import losses, masks, native, sweep
 from rtrl.interface import Algorithm, StepOutput, assemble, check_step_shapes, readout_step
 
 
@@ -40,7 +40,17 @@ class SensitivityState(NamedTuple):
 
 
 def _sensitivity_algorithm(
-    cell, loss, name, propagate, adjoint, select=None, k=0, mask="ring", decay=0.0, ring=None
+    cell,
+    loss,
+    name,
+    propagate,
+    adjoint,
+    select=None,
+    k=0,
+    mask="ring",
+    decay=0.0,
+    ring=None,
+    native_kernel=None,
 ):
     """The shared forward-mode step.
 
@@ -56,9 +66,12 @@ def _sensitivity_algorithm(
     which is the same number (linearity), but leaves M_t with a single consumer (the next step),
     so XLA neither recomputes nor re-lays out the update to feed the contraction.
 
-    `ring` (signed offsets, () for traces) says that P_t only reaches ring neighbours; then, when
-    M is large enough to be split in blocks, the update and the contraction run as one in-place
-    blocked pass over M (`rtrl.sweep`), same values, one read and one write of M per step.
+    `ring` (signed offsets, () for traces) says that P_t only reaches ring neighbours; then the
+    update and the contraction run as one in-place pass over M, same values, one read and one
+    write of M per step: for the vanilla cell on a CPU the `rtrl.native` kernel, otherwise (the
+    LSTM, other platforms, no C++ compiler), when M is large enough to be split in blocks, the
+    XLA program of `rtrl.sweep`. `native_kernel`: None uses the kernel where it applies and
+    is built, False never, True insists (an error if it cannot be built or does not apply).
     """
     loss_fn = losses.get(loss)
     n, R = cell.n_hidden, cell.n_rows
@@ -67,6 +80,13 @@ def _sensitivity_algorithm(
     block = None
     if ring is not None and (ring or n * row_bytes > sweep.TRACES_MIN_BYTES):
         block = sweep.block_rows(n, row_bytes, max([0] + [abs(o) for o in ring]))
+    applies = ring is not None and cell.name == "vanilla"
+    if native_kernel and not (applies and native.available()):
+        raise ValueError(
+            "native_kernel=True needs a vanilla cell, ring-sparse RTRL or traces, and a built"
+            " kernel (see rtrl.native; set native_kernel=None to fall back to XLA)"
+        )
+    use_native = applies and native_kernel is not False and native.available()
 
     def init(key, params):
         dtype = params["W_rec"].dtype
@@ -99,17 +119,28 @@ def _sensitivity_algorithm(
         if decay:
             extra_h = extra_h + decay * dh
         coef = _add_to_hidden(cell, coef, extra_h)
-        if block is None:
-            M = _update(cell, params, state, z, v, idx, propagate, decay)
-            g_theta = jnp.outer(c_z, v)
-            for c_leaf, M_leaf in zip(jax.tree.leaves(coef), jax.tree.leaves(state.M), strict=True):
-                g_theta = g_theta + jnp.einsum("i,iam->am", c_leaf, M_leaf)
-        else:
-            w = jnp.take_along_axis(params["W_rec"], idx, axis=1)  # [R, k]
-            M, g_M = sweep.update_and_contract(
-                cell, z, state.carry, v, state.M, coef, w, ring, decay, block
+        w = jnp.take_along_axis(params["W_rec"], idx, axis=1)  # [R, k]
+
+        def xla(M_prev, w, coef):
+            if block is None:
+                M = _update(cell, params, state._replace(M=M_prev), z, v, idx, propagate, decay)
+                pairs = zip(jax.tree.leaves(coef), jax.tree.leaves(M_prev), strict=True)
+                g_M = sum(jnp.einsum("i,iam->am", c, leaf) for c, leaf in pairs)
+                return M, g_M
+            return sweep.update_and_contract(
+                cell, z, state.carry, v, M_prev, coef, w, ring, decay, block
             )
-            g_theta = jnp.outer(c_z, v) + g_M
+
+        if use_native:
+            d = jax.jvp(lambda zz: cell.core(zz, state.carry), (z,), (jnp.ones_like(z),))[1]
+
+            def kernel(M_prev, w, coef):
+                return native.ring_sweep(M_prev, w, d, v, coef, ring, decay)
+
+            M, g_M = jax.lax.platform_dependent(state.M, w, coef, cpu=kernel, default=xla)
+        else:
+            M, g_M = xla(state.M, w, coef)
+        g_theta = jnp.outer(c_z, v) + g_M
         out = StepOutput(assemble(cell, g_theta, readout_grads), step_loss, pred)
         return SensitivityState(carry, M, idx, state.t + 1), out
 
@@ -201,8 +232,10 @@ def rtrl(cell, loss="mse"):
     return _sensitivity_algorithm(cell, loss, "rtrl", _dense, _dense_adjoint)
 
 
-def sparse_rtrl(cell, k, mask="ring", loss="mse", impl=None):
-    """Sparse RTRL: k of n propagation paths per row. impl: None (auto), "gather" or "masked"."""
+def sparse_rtrl(cell, k, mask="ring", loss="mse", impl=None, native_kernel=None):
+    """Sparse RTRL: k of n propagation paths per row. impl: None (auto), "gather" or "masked";
+    native_kernel: whether the ring mask of a vanilla cell uses `rtrl.native` on a CPU (None:
+    where it is built)."""
     k = int(k)
     masks.check(mask, k, cell.n_hidden)
     if impl is None:
@@ -224,16 +257,20 @@ def sparse_rtrl(cell, k, mask="ring", loss="mse", impl=None):
         k=k,
         mask=mask,
         ring=ring,
+        native_kernel=native_kernel,
     )
 
 
-def traces(cell, decay=0.0, loss="mse"):
-    """Eligibility traces M ← γ M + M_imm; decay γ = 0 is the immediate derivative (vanilla)."""
+def traces(cell, decay=0.0, loss="mse", native_kernel=None):
+    """Eligibility traces M ← γ M + M_imm; decay γ = 0 is the immediate derivative (vanilla).
+    native_kernel as for sparse_rtrl."""
     decay = float(decay)
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"decay must lie in [0, 1], got {decay}")
     name = f"traces(decay={decay:g})"
-    return _sensitivity_algorithm(cell, loss, name, None, None, decay=decay, ring=())
+    return _sensitivity_algorithm(
+        cell, loss, name, None, None, decay=decay, ring=(), native_kernel=native_kernel
+    )
 
 
 class Snap1State(NamedTuple):
