@@ -8,9 +8,10 @@ install:
 	$(PY) -m pip install -q -e ".[test,dev]"
 
 data:
-	@if [ ! -f /usr/share/dictd/gcide.dict.dz ] || [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	@if [ ! -f /usr/share/dictd/gcide.dict.dz ] || [ ! -d /usr/share/datasets/fashion-mnist ] \
+		|| ! command -v g++ >/dev/null; then \
 		$(SUDO) apt-get update -q && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q dict-gcide dataset-fashion-mnist; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q dict-gcide dataset-fashion-mnist g++; \
 	fi
 
 # Trains into runs/ (git-ignored), so a fresh clone really trains instead of re-printing the

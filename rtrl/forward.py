@@ -83,8 +83,9 @@ def _sensitivity_algorithm(
     applies = ring is not None and cell.name == "vanilla"
     if native_kernel and not (applies and native.available()):
         raise ValueError(
-            "native_kernel=True needs a vanilla cell, ring-sparse RTRL or traces, and a built"
-            " kernel (see rtrl.native; set native_kernel=None to fall back to XLA)"
+            "native_kernel=True needs a vanilla cell, traces or ring-sparse RTRL with the gather"
+            " impl (k <= n / 4 by default), and a built kernel (see rtrl.native; set"
+            " native_kernel=None to fall back to XLA)"
         )
     use_native = applies and native_kernel is not False and native.available()
 
@@ -135,6 +136,9 @@ def _sensitivity_algorithm(
             d = jax.jvp(lambda zz: cell.core(zz, state.carry), (z,), (jnp.ones_like(z),))[1]
 
             def kernel(M_prev, w, coef):
+                # The dtype XLA's program would promote to (mixed inputs), so both branches agree.
+                dtype = jnp.result_type(M_prev, w, d, v, coef)
+                M_prev = M_prev.astype(dtype)
                 return native.ring_sweep(M_prev, w, d, v, coef, ring, decay)
 
             M, g_M = jax.lax.platform_dependent(state.M, w, coef, cpu=kernel, default=xla)

@@ -8,10 +8,11 @@ o_s (static, signed) and γ the trace decay:
     g      = Σ_i coef_i M_{t-1}[i]                                                [n, m]
 
 is the same as `rtrl.sweep.update_and_contract` for the vanilla cell; the kernel does it in one
-in-place pass over M (read once, written once; source: native/ring_sweep.cc). XLA:CPU's own code
-for this pass runs its fused loop on one core at about 1.5 G elements/s, 4.8× the time of a plain
-read-and-write of M; the kernel is vectorised, splits M in column tiles over XLA's intra-op
-thread pool and keeps the rows still needed in cache.
+in-place pass over M (read once, written once; source: native/ring_sweep.cc). XLA:CPU runs the
+sweep's in-place fused loop on one core, unpartitioned, at about 1.5 G elements/s (n = 256,
+k = 4: 10.4 ms per step, 5.9× a plain read-and-write of M); the kernel is vectorised, updates
+rows in blocks of 4 from one load of their shared window, splits M in column tiles over XLA's
+intra-op thread pool and keeps the rows still needed in cache (3.0 ms, 1.7×).
 
 The kernel is compiled on first use with the system's C++ compiler (`$CXX`, default g++) against
 the headers that ship with jaxlib, and cached under `$CREDIT_CACHE` (default ~/.cache/credit).
@@ -79,17 +80,20 @@ def build() -> pathlib.Path:
     return path
 
 
-@functools.cache
 def available() -> bool:
-    """Whether the kernel is built and registered with XLA (once per process)."""
-    if os.environ.get("CREDIT_NATIVE", "1") == "0":
-        return False
+    """Whether the kernel may be used: not switched off by `CREDIT_NATIVE=0`, built and
+    registered with XLA (the build and registration happen once per process)."""
+    return os.environ.get("CREDIT_NATIVE", "1") != "0" and _registered()
+
+
+@functools.cache
+def _registered() -> bool:
     try:
         library = ctypes.cdll.LoadLibrary(str(build()))
     except (RuntimeError, OSError) as error:
         warnings.warn(
             f"rtrl.native: the CPU kernel is unavailable, using the XLA program instead ({error})",
-            stacklevel=2,
+            stacklevel=3,
         )
         return False
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.CreditRingSweep), platform="cpu")

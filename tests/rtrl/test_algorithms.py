@@ -346,11 +346,14 @@ def test_ring_mask_contents():
     np.testing.assert_array_equal(np.asarray(masks.ring(10, 5, 3)), expected + expected)
 
 
-def test_sparse_rtrl_vanilla_sensitivity_equals_dense_masked_recursion():
-    n, n_in, k = 7, 2, 3
+@pytest.mark.parametrize("n,native_kernel", [(7, None), (13, None), (12, None), (12, False)])
+def test_sparse_rtrl_vanilla_sensitivity_equals_dense_masked_recursion(n, native_kernel):
+    """n = 7 (k > n / 4) runs the masked matmul; on a CPU with a compiler, n = 13 takes the native
+    kernel's general path, n = 12 its banded path; native_kernel=False the XLA program."""
+    n_in, k = 2, 3
     cell = rtrl.cells.get("vanilla", n_in=n_in, n_hidden=n, n_out=1)
     params, xs, ys = _problem(cell, 13, length=8)
-    algo = rtrl.algorithms.get("sparse_rtrl", cell, k=k, mask="ring")
+    algo = rtrl.algorithms.get("sparse_rtrl", cell, k=k, mask="ring", native_kernel=native_kernel)
 
     @jax.jit
     def run(params, xs, ys):
