@@ -10,10 +10,12 @@ gradients summed so nothing is dead code; no optimizer) over `--steps` steps, be
 `jax.vmap` of the same scanned function (one trace, checked with a counter in the traced
 function); single and vmapped programs are timed round-robin so machine noise hits them alike.
 
-Rows: rtrl; sparse_rtrl (k, ring mask) as shipped (impl auto; where M exceeds one 4 MiB block,
-n >= 128 here, it and traces run as the in-place blocked sweep of rtrl.sweep), with impl="masked",
-and a naive gather written here (one [n, k, P] gather of M's rows, then an einsum) to show why
-the shipped gather differs; traces (decay 0.95); uoro; "bptt", which is NOT the online tbptt
+Rows: rtrl; sparse_rtrl (k, ring mask) as shipped (impl auto: on a CPU with a C++ compiler the
+rtrl.native kernel, one in-place pass over M), the same with native_kernel=False ("XLA program":
+the in-place blocked sweep of rtrl.sweep where M exceeds one 4 MiB block, n >= 128 here, else the
+whole-tensor update), with impl="masked", and a naive gather written here (one [n, k, P] gather of
+M's rows, then an einsum) to show why the shipped gather differs; traces (decay 0.95) as shipped
+and as the XLA program; uoro; "bptt", which is NOT the online tbptt
 algorithm but the one-shot whole-sequence gradient jax.grad(rtrl.sequence_loss) over the same
 stream (steps/s = steps / time); and a textbook NumPy full RTRL (batch 1) for scale.
 
@@ -67,7 +69,9 @@ RTRL = "rtrl"
 SPARSE = "sparse_rtrl"
 SPARSE_MASKED = "sparse_rtrl masked"
 SPARSE_NAIVE = "sparse_rtrl naive gather"
+SPARSE_XLA = "sparse_rtrl XLA program"
 TRACES = "traces"
+TRACES_XLA = "traces XLA program"
 UORO = "uoro"
 BPTT = "bptt (jax.grad, whole sequence)"
 NUMPY = "numpy rtrl (textbook)"
@@ -79,7 +83,9 @@ FLOOR_OF = {
     SPARSE: TOUCH_FLOOR,
     SPARSE_MASKED: TOUCH_FLOOR,
     SPARSE_NAIVE: TOUCH_FLOOR,
+    SPARSE_XLA: TOUCH_FLOOR,
     TRACES: TOUCH_FLOOR,
+    TRACES_XLA: TOUCH_FLOOR,
 }
 # Relative tolerance of the float32 agreement checks over a few hundred steps.
 CHECK_RTOL = 1e-3
@@ -127,6 +133,7 @@ def algorithms(cell, k: int, decay: float) -> dict:
     algos = {
         RTRL: rtrl.algorithms.get("rtrl", cell),
         SPARSE: rtrl.algorithms.get("sparse_rtrl", cell, k=k, mask="ring"),
+        SPARSE_XLA: rtrl.algorithms.get("sparse_rtrl", cell, k=k, mask="ring", native_kernel=False),
         SPARSE_MASKED: rtrl.algorithms.get("sparse_rtrl", cell, k=k, mask="ring", impl="masked"),
         # The library's shared sensitivity step with only the propagation term swapped, so the
         # row differs from the shipped sparse_rtrl in that term alone.
@@ -141,6 +148,7 @@ def algorithms(cell, k: int, decay: float) -> dict:
             mask="ring",
         ),
         TRACES: rtrl.algorithms.get("traces", cell, decay=decay),
+        TRACES_XLA: rtrl.algorithms.get("traces", cell, decay=decay, native_kernel=False),
         UORO: rtrl.algorithms.get("uoro", cell),
     }
     return algos
@@ -345,6 +353,8 @@ def measure_size(n: int, cfg: dict) -> dict:
         "rtrl vs bptt": _rel_err(grads[RTRL], grads[BPTT]),
         "sparse gather vs masked": _rel_err(grads[SPARSE], grads[SPARSE_MASKED]),
         "sparse naive vs shipped": _rel_err(grads[SPARSE_NAIVE], grads[SPARSE]),
+        "sparse XLA program vs shipped": _rel_err(grads[SPARSE_XLA], grads[SPARSE]),
+        "traces XLA program vs shipped": _rel_err(grads[TRACES_XLA], grads[TRACES]),
         f"numpy vs jax rtrl ({done} steps, Θ grads)": _rel_err(np_total, jax_theta),
     }
     for label, row in rows.items():
