@@ -64,6 +64,7 @@ _NUMPY_SECONDS = flags.DEFINE_float(
 _JSON = flags.DEFINE_string("json", None, "Also write every number to this JSON file.")
 
 N_IN = N_OUT = 1
+F32 = jnp.float32  # every array here, also when a caller has enabled x64
 BIG_MATMUL = 1024
 RTRL = "rtrl"
 SPARSE = "sparse_rtrl"
@@ -182,8 +183,8 @@ def problem(cell, seeds: int, steps: int):
     keys = jax.random.split(jax.random.key(0), seeds)
     parts = jax.vmap(lambda key: jax.random.split(key, 4))(keys)
     params = jax.vmap(cell.init)(parts[:, 0])
-    xs = jax.vmap(lambda key: jax.random.normal(key, (steps, N_IN)))(parts[:, 1])
-    ys = jax.vmap(lambda key: jax.random.normal(key, (steps, N_OUT)))(parts[:, 2])
+    xs = jax.vmap(lambda key: jax.random.normal(key, (steps, N_IN), F32))(parts[:, 1])
+    ys = jax.vmap(lambda key: jax.random.normal(key, (steps, N_OUT), F32))(parts[:, 2])
     return params, parts[:, 3], xs, ys
 
 
@@ -247,8 +248,8 @@ def matmul_floor(n: int, steps: int, repeats: int, n_in: int = N_IN) -> float:
     """Seconds per step of M ← Q M, Q [n, n] orthogonal (so M neither grows nor decays into
     denormals), M [n, n·m] float32, scanned over `steps` like the algorithms."""
     m = n + n_in + 1
-    q, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(1), (n, n)))
-    M = jax.random.normal(jax.random.key(2), (n, n * m))
+    q, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(1), (n, n), F32))
+    M = jax.random.normal(jax.random.key(2), (n, n * m), F32)
 
     @jax.jit
     def run(q, M):
@@ -262,8 +263,8 @@ def m_touch_floor(n: int, steps: int, decay: float, repeats: int, n_in: int = N_
     δ_ra d_r v built in registers from per-step d [n], v [m]: M is read and written once."""
     m = n + n_in + 1
     M = jnp.zeros((n, n, m), jnp.float32)
-    ds = jax.random.normal(jax.random.key(3), (steps, n))
-    vs = jax.random.normal(jax.random.key(4), (steps, m))
+    ds = jax.random.normal(jax.random.key(3), (steps, n), F32)
+    vs = jax.random.normal(jax.random.key(4), (steps, m), F32)
 
     @jax.jit
     def run(M, ds, vs):
@@ -280,8 +281,8 @@ def m_touch_floor(n: int, steps: int, decay: float, repeats: int, n_in: int = N_
 
 
 def peak_matmul_gflops(size: int = BIG_MATMUL) -> float:
-    a = jax.random.normal(jax.random.key(5), (size, size))
-    b = jax.random.normal(jax.random.key(6), (size, size))
+    a = jax.random.normal(jax.random.key(5), (size, size), F32)
+    b = jax.random.normal(jax.random.key(6), (size, size), F32)
     return 2 * size**3 / timing.seconds_per_call(jax.jit(jnp.matmul), a, b) / 1e9
 
 
