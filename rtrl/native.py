@@ -25,6 +25,7 @@ import functools
 import hashlib
 import os
 import pathlib
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -46,13 +47,25 @@ def _cache_dir() -> pathlib.Path:
     return pathlib.Path(root)
 
 
+def _cpu_signature() -> str:
+    """The CPU's model and feature flags (Linux), else the machine type: -march=native code built
+    on one CPU may not run on another that shares the cache directory."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            lines = [ln for ln in info if ln.startswith(("model name", "flags"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
 def library_path() -> pathlib.Path:
-    """Where the compiled kernel lives: named by a hash of the source, the compiler, its flags
-    and the jaxlib headers it was built against, so any change rebuilds it."""
+    """Where the compiled kernel lives: named by a hash of the source, the compiler, its flags,
+    the CPU and the jaxlib headers it was built against, so any change rebuilds it."""
     compiler = os.environ.get("CXX", "g++")
     key = hashlib.sha256()
     for part in (SOURCE.read_bytes(), compiler.encode(), " ".join(FLAGS).encode()):
         key.update(part)
+    key.update(_cpu_signature().encode())
     key.update(jax.ffi.include_dir().encode())
     key.update(jax.__version__.encode())
     return _cache_dir() / f"ring_sweep-{key.hexdigest()[:16]}.so"
