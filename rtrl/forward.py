@@ -68,9 +68,9 @@ def _sensitivity_algorithm(
 
     `ring` (signed offsets, () for traces) says that P_t only reaches ring neighbours; then the
     update and the contraction run as one in-place pass over M, same values, one read and one
-    write of M per step: for the vanilla cell on a CPU the `rtrl.native` kernel, otherwise (the
-    LSTM, other platforms, no C++ compiler), when M is large enough to be split in blocks, the
-    XLA program of `rtrl.sweep`. `native_kernel`: None uses the kernel where it applies and
+    write of M per step: on a CPU the `rtrl.native` kernel where it supports the cell, otherwise
+    (other platforms, no C++ compiler), when M is large enough to be split in blocks, the XLA
+    program of `rtrl.sweep`. `native_kernel`: None uses the kernel where it applies and
     is built, False never, True insists (an error if it cannot be built or does not apply).
     """
     loss_fn = losses.get(loss)
@@ -80,12 +80,13 @@ def _sensitivity_algorithm(
     block = None
     if ring is not None and (ring or n * row_bytes > sweep.TRACES_MIN_BYTES):
         block = sweep.block_rows(n, row_bytes, max([0] + [abs(o) for o in ring]))
-    applies = ring is not None and cell.name == "vanilla"
+    applies = ring is not None and native.supports(cell, ring)
     if native_kernel and not (applies and native.available()):
         raise ValueError(
-            "native_kernel=True needs a vanilla cell, traces or ring-sparse RTRL with the gather"
-            " impl (k <= n / 4 by default), and a built kernel (see rtrl.native; set"
-            " native_kernel=None to fall back to XLA)"
+            "native_kernel=True needs traces or ring-sparse RTRL with the gather impl (k <= n / 4"
+            " by default), a cell the kernel supports (rtrl.native.supports: vanilla, or LSTM with"
+            " k <= 8 and n a multiple of 4) and a built kernel (set native_kernel=None to fall"
+            " back to XLA)"
         )
     use_native = applies and native_kernel is not False and native.available()
 
@@ -133,13 +134,14 @@ def _sensitivity_algorithm(
             )
 
         if use_native:
-            d = jax.jvp(lambda zz: cell.core(zz, state.carry), (z,), (jnp.ones_like(z),))[1]
+            A, B, E = native.step_coefficients(cell, z, state.carry, w, decay)
 
             def kernel(M_prev, w, coef):
                 # The dtype XLA's program would promote to (mixed inputs), so both branches agree.
-                dtype = jnp.result_type(M_prev, w, d, v, coef)
-                M_prev = M_prev.astype(dtype)
-                return native.ring_sweep(M_prev, w, d, v, coef, ring, decay)
+                dtype = jnp.result_type(*jax.tree.leaves(M_prev), A, v)
+                M_prev = jax.tree.map(lambda leaf: leaf.astype(dtype), M_prev)
+                coef = jnp.stack(jax.tree.leaves(coef), axis=1)  # [n, L]
+                return native.ring_sweep(M_prev, A, B, E, v, coef, ring)
 
             M, g_M = jax.lax.platform_dependent(state.M, w, coef, cpu=kernel, default=xla)
         else:

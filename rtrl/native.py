@@ -1,18 +1,24 @@
-"""A CPU kernel (XLA FFI custom call) for ring-sparse RTRL and eligibility traces of a vanilla RNN.
+"""A CPU kernel (XLA FFI custom call) for ring-sparse RTRL and eligibility traces.
 
-The step it computes, per batch element, with M [n, n, m] the sensitivity tensor of h, d = φ'(z_t)
-[n], v = [h_{t-1}; x_t; 1] [m], w [n, k] the selected weights W_rec[i, (i + o_s) mod n], offsets
-o_s (static, signed) and γ the trace decay:
+With an elementwise core s_t = core(z_t, s_{t-1}) the sensitivity step is linear in the old
+rows, with per-neuron coefficients. For carry leaves l (h; the LSTM's c), ring offsets o_s
+(static, signed), selected weights w[g n + i, s] = W_rec[g n + i, (i + o_s) mod n], G gate rows
+per neuron, J_z[i, l, g] = ∂s_l,i/∂z_{g n + i}, J_s[i, l, l'] = ∂s_l,i/∂s_l',i (the core's
+per-neuron Jacobians) and γ the trace decay:
 
-    M_t[i] = d_i (Σ_s w[i, s] M_{t-1}[(i + o_s) mod n] + I_t[i]) + γ M_{t-1}[i]  (Eqs. 3, 6, 8)
-    g      = Σ_i coef_i M_{t-1}[i]                                                [n, m]
+    A[i, l, s]  = Σ_g J_z[i, l, g] w[g n + i, s]          B = J_s (+ γ on h → h)      E = J_z
+    M_l,t[i]    = Σ_s A[i, l, s] M_h,t-1[(i + o_s) mod n] + Σ_l' B[i, l, l'] M_l',t-1[i]
+                  + Σ_g E[i, l, g] I_g[i]               (paper Eqs. 3, 6, 8; I: immediate term)
+    g           = Σ_i Σ_l coef[i, l] M_l,t-1[i]          [R, m], the gradient contraction
 
-is the same as `rtrl.sweep.update_and_contract` for the vanilla cell; the kernel does it in one
-in-place pass over M (read once, written once; source: native/ring_sweep.cc). XLA:CPU runs the
-sweep's in-place fused loop on one core, unpartitioned, at about 1.5 G elements/s (n = 256,
-k = 4: 10.4 ms per step, 5.9× a plain read-and-write of M); the kernel is vectorised, updates
-rows in blocks of 4 from one load of their shared window, splits M in column tiles over XLA's
-intra-op thread pool and keeps the rows still needed in cache (3.0 ms, 1.7×).
+which is `rtrl.sweep.update_and_contract` (for the vanilla cell A = φ'(z) w, B = γ, E = φ'(z)).
+The kernel does it in one in-place pass over M (read once, written once; source:
+native/ring_sweep.cc). XLA:CPU runs the sweep's in-place fused loop on one core, unpartitioned,
+at about 1.5 G elements/s (vanilla n = 256, k = 4: 10.4 ms per step, 5.9× a plain read-and-write
+of M); the kernel is vectorised, updates rows in blocks of 4 from one load of their shared window,
+splits M in column tiles over XLA's intra-op thread pool and keeps the rows still needed in cache
+(3.0 ms, 1.7×). The vanilla cell takes it for any ring offsets; the LSTM (two leaves) where the
+banded path applies: ring order, k <= 8, n a multiple of 4 (`supports`).
 
 The kernel is compiled on first use with the system's C++ compiler (`$CXX`, default g++) against
 the headers that ship with jaxlib, and cached under `$CREDIT_CACHE` (default ~/.cache/credit).
@@ -36,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 SOURCE = pathlib.Path(__file__).with_name("native") / "ring_sweep.cc"
-TARGET = "credit_ring_sweep"
+TARGETS = {1: "credit_ring_sweep", 2: "credit_ring_sweep2"}  # by number of carry leaves
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c++17", "-w"]
 
 
@@ -109,36 +115,75 @@ def _registered() -> bool:
             stacklevel=3,
         )
         return False
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.CreditRingSweep), platform="cpu")
+    for symbol, target in (("CreditRingSweep", TARGETS[1]), ("CreditRingSweep2", TARGETS[2])):
+        capsule = jax.ffi.pycapsule(getattr(library, symbol))
+        jax.ffi.register_ffi_target(target, capsule, platform="cpu")
     return True
 
 
-def ring_sweep(M, w, d, v, coef, offsets, decay):
-    """(M_t [n, n, m], g [n, m]) of the module docstring; M is updated in place when XLA can
-    donate it (it can inside a scan step whose only other use of M is this call).
+def supports(cell, offsets) -> bool:
+    """Whether the kernel handles this cell and these ring offsets: any offsets for the vanilla
+    cell (one carry leaf); for the LSTM the banded path's conditions (offsets in ring order
+    [0, 1, -1, 2, ...], k <= 8, n a multiple of 4 and at least 4 + (k - 1) // 2)."""
+    if cell.name == "vanilla":
+        return True
+    k, n = len(offsets), cell.n_hidden
+    ring = list(offsets) == [[0, 1, -1, 2, -2, 3, -3, 4][s] for s in range(k)] if k <= 8 else False
+    return cell.name == "lstm" and ring and n % 4 == 0 and n >= 4 + (max(k, 1) - 1) // 2
 
-    M [n, n, m], w [n, k], d [n], coef [n], v [m], all one float dtype (float32 or float64);
-    offsets: k distinct signed ints in (−n, n); decay: a Python float. vmap adds leading batch
-    axes to every operand (the kernel runs the batch in the same pass).
+
+def step_coefficients(cell, z, carry, w, decay):
+    """(A [n, L, k], B [n, L, L], E [n, L, G]) of the module docstring for one step: the core's
+    per-neuron Jacobians J_z, J_s by forward mode at (z_t [R], s_{t-1}), w [R, k]."""
+    n = cell.n_hidden
+    leaves, treedef = jax.tree.flatten(carry)
+    L, G = len(leaves), z.shape[0] // n
+
+    def one(z_i, s_i):  # one neuron: gate pre-activations [G], carry values [L] -> new carry [L]
+        new = cell.core(z_i, jax.tree.unflatten(treedef, [s_i[l : l + 1] for l in range(L)]))
+        return jnp.concatenate(jax.tree.leaves(new))
+
+    z_n = z.reshape(G, n).T  # [n, G], gate g of neuron i is row g n + i
+    J_z, J_s = jax.vmap(jax.jacfwd(one, argnums=(0, 1)))(z_n, jnp.stack(leaves, axis=1))
+    A = jnp.einsum("ilg,gik->ilk", J_z, w.reshape(G, n, -1))
+    B = J_s.at[:, 0, 0].add(decay) if decay else J_s
+    return A, B, J_z
+
+
+def ring_sweep(M, A, B, E, v, coef, offsets):
+    """(M_t, g [R, m]) of the module docstring; M is updated in place when XLA can donate it (it
+    can inside a scan step whose only other use of M is this call).
+
+    M: the sensitivity leaf [n, R, m] (one carry leaf) or the pair (M_h, M_c); A [n, L, k],
+    B [n, L, L], E [n, L, G], v [m], coef [n, L]; one float dtype (float32 or float64); offsets:
+    k distinct signed ints in (−n, n). vmap adds leading batch axes to every operand (the kernel
+    runs the batch in the same pass).
     """
-    n, rows, m = M.shape
+    leaves = list(M) if isinstance(M, tuple | list) else [M]
+    L = len(leaves)
+    n, R, m = leaves[0].shape
+    G, k = R // n, len(offsets)
     offsets = [int(o) for o in offsets]
-    if rows != n:
-        raise ValueError(f"ring_sweep is for the vanilla cell, M [n, n, m]; got {M.shape}")
-    if w.shape != (n, len(offsets)) or d.shape != (n,) or coef.shape != (n,) or v.shape != (m,):
-        raise ValueError(
-            f"ring_sweep: shapes w {w.shape}, d {d.shape}, v {v.shape}, coef {coef.shape} do not"
-            f" match M {M.shape} and {len(offsets)} offsets"
-        )
-    if any(not -n < o < n for o in offsets) or len({o % n for o in offsets}) != len(offsets):
+    if L not in (1, 2) or R % n or any(leaf.shape != (n, R, m) for leaf in leaves):
+        raise ValueError(f"ring_sweep: M must be one or two leaves [n, G n, m], got {leaves}")
+    want = {"A": (n, L, k), "B": (n, L, L), "E": (n, L, G), "v": (m,), "coef": (n, L)}
+    got = {"A": A.shape, "B": B.shape, "E": E.shape, "v": v.shape, "coef": coef.shape}
+    if got != want:
+        raise ValueError(f"ring_sweep: shapes {got} do not match M {leaves[0].shape}: {want}")
+    if any(not -n < o < n for o in offsets) or len({o % n for o in offsets}) != k:
         raise ValueError(f"offsets must be distinct modulo n = {n} and lie in (-n, n): {offsets}")
-    if M.dtype not in (jnp.float32, jnp.float64):
-        raise ValueError(f"ring_sweep supports float32 and float64, got {M.dtype}")
-    w, d, v, coef = (jnp.asarray(a, M.dtype) for a in (w, d, v, coef))
+    dtype = leaves[0].dtype
+    if dtype not in (jnp.float32, jnp.float64) or any(leaf.dtype != dtype for leaf in leaves):
+        raise ValueError(f"ring_sweep supports float32 and float64 leaves, got {dtype}")
+    if L == 2 and not (k <= 8 and n % 4 == 0 and n >= 4 + (max(k, 1) - 1) // 2):
+        raise ValueError("ring_sweep: two leaves (LSTM) need k <= 8 and n a multiple of 4")
+    A, B, E, v, coef = (jnp.asarray(a, dtype) for a in (A, B, E, v, coef))
+    leaf = jax.ShapeDtypeStruct((n, R, m), dtype)
     call = jax.ffi.ffi_call(
-        TARGET,
-        (jax.ShapeDtypeStruct(M.shape, M.dtype), jax.ShapeDtypeStruct((n, m), M.dtype)),
-        input_output_aliases={0: 0},
+        TARGETS[L],
+        (*[leaf] * L, jax.ShapeDtypeStruct((R, m), dtype)),
+        input_output_aliases={l: l for l in range(L)},
         vmap_method="broadcast_all",
     )
-    return call(M, w, d, v, coef, offsets=np.asarray(offsets, np.int64), decay=np.float64(decay))
+    *new, g = call(*leaves, A, B, E, v, coef, offsets=np.asarray(offsets, np.int64))
+    return (tuple(new) if L == 2 else new[0]), g

@@ -1,21 +1,24 @@
-// One in-place pass over the sensitivity tensor of a vanilla RNN for ring-sparse RTRL and
-// eligibility traces, an XLA FFI custom call for the CPU (see rtrl/native.py).
+// One in-place pass over the sensitivity tensor for ring-sparse RTRL and eligibility traces, an
+// XLA FFI custom call for the CPU (see rtrl/native.py).
 //
-// Per batch element b, with M [n, P] (P = n m, column a m + j is Θ[a, j]) and k ring offsets o_s:
+// Per batch element, with M_l [n, P] the sensitivity of carry leaf l (l = 0: h; l = 1: the LSTM's
+// c), P = R m (column a m + j is Θ[a, j], R = G n parameter rows) and k ring offsets o_s: the
+// elementwise core makes the step linear in the old rows with per-neuron coefficients
+// (computed in rtrl/native.py from the core's Jacobians, d = φ'(z) for the vanilla cell),
 //
-//   M_t[i, :] = d_i (Σ_s w[i, s] M_{t-1}[(i + o_s) mod n, :] + I[i, :]) + γ M_{t-1}[i, :]
-//   I[i, a m + j] = δ_ia v_j                               (the immediate term)
-//   g[:]      = Σ_i coef_i M_{t-1}[i, :]                   (the gradient contraction)
+//   M_l,t[i, :] = Σ_s A[i, l, s] M_h,t-1[(i + o_s) mod n, :] + Σ_l' B[i, l, l'] M_l',t-1[i, :]
+//                 + Σ_g E[i, l, g] I_g[i, :],     I_g[i, a m + j] = δ_{a, g n + i} v_j
+//   g[:]        = Σ_i Σ_l coef[i, l] M_l,t-1[i, :]            (the gradient contraction)
 //
 // Columns are independent, so M is split in column tiles [c0, c0 + W). Within a tile the rows are
 // swept in order (in blocks of 4 on the banded path, see Band), each row's run of W values read
 // from M once and overwritten once in the same fused loop (which also takes the contraction); the
 // old rows still needed after their own turn are kept in small buffers that stay in cache. So M
 // is read once and written once, in long contiguous runs the hardware prefetcher follows (helped
-// by software prefetches of the next rows). (Tiles that kept all n rows of a narrow
-// column range in a buffer were 1.7× slower: n short strided runs per tile.) Tiles are shared out
-// to XLA's intra-op thread pool through an atomic counter; the calling thread works too, and
-// waits only for tasks that actually started.
+// by software prefetches of the next rows). (Tiles that kept all n rows of a narrow column range
+// in a buffer were 1.7× slower: n short strided runs per tile.) Tiles are shared out to XLA's
+// intra-op thread pool through an atomic counter; the calling thread works too, and waits only
+// for tasks that actually started. The general path (any offsets and n) serves one leaf only.
 
 #include <algorithm>
 #include <atomic>
@@ -33,17 +36,29 @@ namespace {
 
 template <typename T>
 struct Problem {
-  T* M;
-  T* g;
-  const T* w;
-  const T* d;
-  const T* v;
-  const T* coef;
+  T* M[2];         // [batch, n, R, m] per leaf; M[1] unused when L = 1
+  T* g;            // [batch, R, m]
+  const T* A;      // [batch, n, L, k]
+  const T* B;      // [batch, n, L, L]
+  const T* E;      // [batch, n, L, G]
+  const T* v;      // [batch, m]
+  const T* coef;   // [batch, n, L]
   const int64_t* offsets;
-  int64_t batch, n, m, P, k, lo, hi, tile;  // lo, hi: reach of the offsets below and above
+  int64_t batch, n, m, G, L, P, k, lo, hi, tile;  // lo, hi: reach of the offsets below and above
   int banded;  // K of the banded path (offsets -lo .. hi, see Band), 0: the general path
-  T decay;
 };
+
+// out[c] += Σ_g E[g] v_j over the columns c of row i's immediate terms (parameter rows g n + i)
+// that fall in the tile [c0, c0 + W).
+template <typename T>
+void Immediate(const Problem<T>& p, int64_t i, const T* e, const T* v, int64_t c0, int64_t W,
+               T* out) {
+  for (int64_t gate = 0; gate < p.G; ++gate) {
+    const int64_t row = gate * p.n + i;
+    const int64_t lo = std::max(row * p.m, c0) - c0, hi = std::min((row + 1) * p.m, c0 + W) - c0;
+    for (int64_t c = lo; c < hi; ++c) out[c] += e[gate] * v[c0 + c - row * p.m];
+  }
+}
 
 constexpr int kRows = 4;         // rows per block of the banded path
 constexpr int64_t kSub = 512;     // columns per L1 accumulator (any k)
@@ -116,11 +131,12 @@ void RunTile(const Problem<T>& p, int64_t index, T* ring, T* head, T* acc) {
   const int64_t c0 = (index % tiles) * p.tile;
   const int64_t W = std::min(p.tile, p.P - c0);
   const int64_t n = p.n, P = p.P, k = p.k, slots = p.lo + 1;
-  T* M = p.M + b * n * P + c0;
+  T* M = p.M[0] + b * n * P + c0;
   T* g = p.g + b * P + c0;
-  const T* coef = p.coef + b * n;
-  const T* w = p.w + b * n * k;
-  const T* d = p.d + b * n;
+  const T* coef = p.coef + b * n;  // L = 1 on this path
+  const T* A = p.A + b * n * k;
+  const T* B = p.B + b * n;
+  const T* E = p.E + b * n * p.G;
   const T* v = p.v + b * p.m;
   for (int64_t r = 0; r < p.hi; ++r) std::copy(M + r * P, M + r * P + W, head + r * W);
   for (int64_t c = 0; c < W; ++c) g[c] = T(0);
@@ -131,12 +147,12 @@ void RunTile(const Problem<T>& p, int64_t index, T* ring, T* head, T* acc) {
     T* row = M + i * P;
     T* saved = ring + (i % slots) * W;  // old row i, kept for rows i + 1 .. i + lo
     const T ci = coef[i];
-    T self = p.decay;  // γ plus the self-connection's weight, if offset 0 is selected
+    T self = B[i];  // B (γ for traces) plus the self-connection's weight if offset 0 is selected
     ks = 0;
     for (int64_t s = 0; s < k; ++s) {
       const int64_t j = i + p.offsets[s];
       if (j == i) {
-        self += d[i] * w[i * k + s];
+        self += A[i * k + s];
         continue;
       }
       if (j >= n) {
@@ -148,10 +164,8 @@ void RunTile(const Problem<T>& p, int64_t index, T* ring, T* head, T* acc) {
       } else {
         src[ks] = M + (j + n) * P;  // wrapped below 0: rows n - lo .. n - 1, not yet overwritten
       }
-      a[ks++] = d[i] * w[i * k + s];
+      a[ks++] = A[i * k + s];
     }
-    const int64_t imm_lo = std::max(i * p.m, c0) - c0;
-    const int64_t imm_hi = std::min((i + 1) * p.m, c0 + W) - c0;
     const int64_t next = i + p.hi + kPrefetchRows;
     const T* ahead = next < n ? M + next * P : nullptr;
     switch (ks) {
@@ -166,50 +180,65 @@ void RunTile(const Problem<T>& p, int64_t index, T* ring, T* head, T* acc) {
       case 8: Row<T, 8>(row, saved, g, ci, self, src.data(), a.data(), W, acc, ks, ahead); break;
       default: Row<T, -1>(row, saved, g, ci, self, src.data(), a.data(), W, acc, ks, ahead);
     }
-    for (int64_t c = imm_lo; c < imm_hi; ++c) row[c] += d[i] * v[c0 + c - i * p.m];
+    Immediate(p, i, E + i * p.G, v, c0, W, row);
   }
 }
 
 // Banded fast path for the ring mask (offsets exactly -lo .. hi, k = lo + hi + 1 <= 8, lo =
-// (k - 1) / 2): rows are swept in blocks of RB, and each column's window of RB + k - 1 old values
-// is loaded once and used by all RB rows (A [RB, K], row r's coefficient of window entry r + q),
-// so a value is read from cache about (RB + k - 1) / RB times instead of k + 2 times. At k = 4 this
-// took the sparse_rtrl step from 0.40 to 0.19 ms at n = 128 (M in L3) and from 5.0 to 2.6 ms at
-// n = 256.
-template <typename T, int RB, int K>
-void Band(T* const* out, const T* const* win, T* const* save, T* __restrict g, const T* cf,
-          const T* A, int64_t W, const T* ahead) {
+// (k - 1) / 2), for L = 1 or 2 leaves: rows are swept in blocks of RB, and each column's window of
+// RB + k - 1 old h values is loaded once and used by all RB rows and both leaves (A [L, RB, K]:
+// leaf l, row r, coefficient of window entry r + q, with B[·, 0] folded in at q = lo; Bc [L, RB]:
+// coefficient of the row's own old c), so a value is read from cache about (RB + k - 1) / RB
+// times instead of k + 2 times. At k = 4 this took the vanilla sparse_rtrl step from 0.40 to
+// 0.19 ms at n = 128 (M in L3) and from 5.0 to 2.6 ms at n = 256.
+template <typename T, int RB, int K, int L>
+void Band(T* const* out_h, T* const* out_c, const T* const* win, T* const* save,
+          T* __restrict g, const T* cf, const T* A, const T* Bc, int64_t W, const T* ahead) {
   constexpr int LO = (K - 1) / 2;
-  T* o_[RB];
+  T* oh[RB];
+  T* oc[RB];
   const T* w_[RB + K - 1];
   T* s_[LO > 0 ? LO : 1];
-  T a_[RB * K];
-  T cf_[RB];
-  for (int r = 0; r < RB; ++r) o_[r] = out[r], cf_[r] = cf[r];
+  T a_[L * RB * K];
+  T bc[L * RB];
+  T cf_[L * RB];
+  for (int r = 0; r < RB; ++r) oh[r] = out_h[r], oc[r] = L == 2 ? out_c[r] : nullptr;
   for (int q = 0; q < RB + K - 1; ++q) w_[q] = win[q];
   for (int s = 0; s < LO; ++s) s_[s] = save[s];
-  for (int q = 0; q < RB * K; ++q) a_[q] = A[q];
+  for (int q = 0; q < L * RB * K; ++q) a_[q] = A[q];
+  for (int q = 0; q < L * RB; ++q) bc[q] = Bc[q], cf_[q] = cf[q];
   for (int64_t c0 = 0; c0 < W; c0 += kChunk) {
     const int64_t c1 = std::min(W, c0 + kChunk);
     Prefetch(ahead, c0, c1);
 #pragma GCC ivdep
     for (int64_t c = c0; c < c1; ++c) {
       T x[RB + K - 1];
+      T xc[RB];
       for (int q = 0; q < RB + K - 1; ++q) x[q] = w_[q][c];
       T gg = g[c];
       for (int r = 0; r < RB; ++r) gg += cf_[r] * x[LO + r];
+      if constexpr (L == 2) {
+        for (int r = 0; r < RB; ++r) {
+          xc[r] = oc[r][c];
+          gg += cf_[RB + r] * xc[r];
+        }
+      }
       g[c] = gg;
       for (int s = 0; s < LO; ++s) s_[s][c] = x[RB + s];
-      for (int r = 0; r < RB; ++r) {
-        T y = a_[r * K] * x[r];
-        for (int q = 1; q < K; ++q) y += a_[r * K + q] * x[r + q];
-        o_[r][c] = y;
+      for (int l = 0; l < L; ++l) {
+        for (int r = 0; r < RB; ++r) {
+          const T* ar = a_ + (l * RB + r) * K;
+          T y = ar[0] * x[r];
+          for (int q = 1; q < K; ++q) y += ar[q] * x[r + q];
+          if constexpr (L == 2) y += bc[l * RB + r] * xc[r];
+          (l == 0 ? oh : oc)[r][c] = y;
+        }
       }
     }
   }
 }
 
-template <typename T, int RB, int K>
+template <typename T, int RB, int K, int L>
 void BandTile(const Problem<T>& p, int64_t index, T* ring, T* head) {
   constexpr int LO = (K - 1) / 2, HI = K / 2, S = RB + LO;
   const int64_t tiles = (p.P + p.tile - 1) / p.tile;
@@ -217,18 +246,21 @@ void BandTile(const Problem<T>& p, int64_t index, T* ring, T* head) {
   const int64_t c0 = (index % tiles) * p.tile;
   const int64_t W = std::min(p.tile, p.P - c0);
   const int64_t n = p.n, P = p.P;
-  T* M = p.M + b * n * P + c0;
+  T* M = p.M[0] + b * n * P + c0;
+  T* Mc = L == 2 ? p.M[1] + b * n * P + c0 : nullptr;
   T* g = p.g + b * P + c0;
-  const T* coef = p.coef + b * n;
-  const T* w = p.w + b * n * p.k;
-  const T* d = p.d + b * n;
+  const T* coef = p.coef + b * n * L;
+  const T* A = p.A + b * n * L * p.k;
+  const T* B = p.B + b * n * L * L;
+  const T* E = p.E + b * n * L * p.G;
   const T* v = p.v + b * p.m;
   for (int64_t r = 0; r < HI; ++r) std::copy(M + r * P, M + r * P + W, head + r * W);
   for (int64_t c = 0; c < W; ++c) g[c] = T(0);
-  T* out[RB];
+  T* out_h[RB];
+  T* out_c[RB];
   const T* win[RB + K - 1];
   T* save[LO > 0 ? LO : 1];
-  T A[RB * K];
+  T Ab[L * RB * K], Bc[L * RB], cf[L * RB];
   for (int64_t i = 0; i < n; i += RB) {
     for (int q = 0; q < RB + K - 1; ++q) {
       const int64_t u = i - LO + q;
@@ -244,19 +276,26 @@ void BandTile(const Problem<T>& p, int64_t index, T* ring, T* head) {
     }
     for (int s = 0; s < LO; ++s) save[s] = ring + ((i + RB - LO + s) % S) * W;
     for (int r = 0; r < RB; ++r) {
-      out[r] = M + (i + r) * P;
-      for (int q = 0; q < K; ++q) A[r * K + q] = T(0);
-      for (int64_t s = 0; s < p.k; ++s) {
-        A[r * K + p.offsets[s] + LO] = d[i + r] * w[(i + r) * p.k + s];
+      const int64_t row = i + r;
+      out_h[r] = M + row * P;
+      out_c[r] = L == 2 ? Mc + row * P : nullptr;
+      for (int l = 0; l < L; ++l) {
+        T* ar = Ab + (l * RB + r) * K;
+        for (int q = 0; q < K; ++q) ar[q] = T(0);
+        for (int64_t s = 0; s < p.k; ++s) ar[p.offsets[s] + LO] = A[(row * L + l) * p.k + s];
+        ar[LO] += B[(row * L + l) * L];  // the row's own old h
+        Bc[l * RB + r] = L == 2 ? B[(row * L + l) * L + 1] : T(0);  // its own old c
+        cf[l * RB + r] = coef[row * L + l];
       }
-      A[r * K + LO] += p.decay;
     }
     const int64_t next = i + RB + HI + kPrefetchRows;
-    Band<T, RB, K>(out, win, save, g, coef + i, A, W, next < n ? M + next * P : nullptr);
+    Band<T, RB, K, L>(out_h, out_c, win, save, g, cf, Ab, Bc, W,
+                      next < n ? M + next * P : nullptr);
     for (int r = 0; r < RB; ++r) {
       const int64_t row = i + r;
-      const int64_t lo = std::max(row * p.m, c0) - c0, hi = std::min((row + 1) * p.m, c0 + W) - c0;
-      for (int64_t c = lo; c < hi; ++c) out[r][c] += d[row] * v[c0 + c - row * p.m];
+      for (int l = 0; l < L; ++l) {
+        Immediate(p, row, E + (row * L + l) * p.G, v, c0, W, l == 0 ? out_h[r] : out_c[r]);
+      }
     }
   }
 }
@@ -273,15 +312,23 @@ void Work(const std::shared_ptr<Shared>& shared, const Problem<T>& p, int64_t to
   std::vector<T> ring((p.lo + kRows) * p.tile), acc(kSub);
   std::vector<T> head(std::max<int64_t>(p.hi, 1) * p.tile);
   for (int64_t i = shared->next.fetch_add(1); i < total; i = shared->next.fetch_add(1)) {
-    switch (p.banded) {
-      case 1: BandTile<T, kRows, 1>(p, i, ring.data(), head.data()); break;
-      case 2: BandTile<T, kRows, 2>(p, i, ring.data(), head.data()); break;
-      case 3: BandTile<T, kRows, 3>(p, i, ring.data(), head.data()); break;
-      case 4: BandTile<T, kRows, 4>(p, i, ring.data(), head.data()); break;
-      case 5: BandTile<T, kRows, 5>(p, i, ring.data(), head.data()); break;
-      case 6: BandTile<T, kRows, 6>(p, i, ring.data(), head.data()); break;
-      case 7: BandTile<T, kRows, 7>(p, i, ring.data(), head.data()); break;
-      case 8: BandTile<T, kRows, 8>(p, i, ring.data(), head.data()); break;
+    switch (p.banded ? p.L * 16 + p.banded : 0) {
+      case 17: BandTile<T, kRows, 1, 1>(p, i, ring.data(), head.data()); break;
+      case 18: BandTile<T, kRows, 2, 1>(p, i, ring.data(), head.data()); break;
+      case 19: BandTile<T, kRows, 3, 1>(p, i, ring.data(), head.data()); break;
+      case 20: BandTile<T, kRows, 4, 1>(p, i, ring.data(), head.data()); break;
+      case 21: BandTile<T, kRows, 5, 1>(p, i, ring.data(), head.data()); break;
+      case 22: BandTile<T, kRows, 6, 1>(p, i, ring.data(), head.data()); break;
+      case 23: BandTile<T, kRows, 7, 1>(p, i, ring.data(), head.data()); break;
+      case 24: BandTile<T, kRows, 8, 1>(p, i, ring.data(), head.data()); break;
+      case 33: BandTile<T, kRows, 1, 2>(p, i, ring.data(), head.data()); break;
+      case 34: BandTile<T, kRows, 2, 2>(p, i, ring.data(), head.data()); break;
+      case 35: BandTile<T, kRows, 3, 2>(p, i, ring.data(), head.data()); break;
+      case 36: BandTile<T, kRows, 4, 2>(p, i, ring.data(), head.data()); break;
+      case 37: BandTile<T, kRows, 5, 2>(p, i, ring.data(), head.data()); break;
+      case 38: BandTile<T, kRows, 6, 2>(p, i, ring.data(), head.data()); break;
+      case 39: BandTile<T, kRows, 7, 2>(p, i, ring.data(), head.data()); break;
+      case 40: BandTile<T, kRows, 8, 2>(p, i, ring.data(), head.data()); break;
       default: RunTile(p, i, ring.data(), head.data(), acc.data());
     }
   }
@@ -311,37 +358,45 @@ void Run(ffi::ThreadPool& pool, const Problem<T>& p) {
 }
 
 template <typename T>
-ffi::Error Typed(ffi::ThreadPool& pool, ffi::AnyBuffer M_in, ffi::AnyBuffer w, ffi::AnyBuffer d,
-                 ffi::AnyBuffer v, ffi::AnyBuffer coef, ffi::Span<const int64_t> offsets,
-                 double decay, ffi::Result<ffi::AnyBuffer> M_out,
-                 ffi::Result<ffi::AnyBuffer> g) {
-  auto dims = M_in.dimensions();
+ffi::Error Typed(ffi::ThreadPool& pool, int L, const ffi::AnyBuffer* M_in, ffi::AnyBuffer A,
+                 ffi::AnyBuffer B, ffi::AnyBuffer E, ffi::AnyBuffer v, ffi::AnyBuffer coef,
+                 ffi::Span<const int64_t> offsets, ffi::AnyBuffer* const* M_out,
+                 ffi::AnyBuffer* g) {
+  auto dims = M_in[0].dimensions();
   const int64_t rank = dims.size();
+  if (rank < 3) return ffi::Error::InvalidArgument("ring_sweep: M must be [..., n, R, m]");
   Problem<T> p;
+  p.L = L;
   p.n = dims[rank - 3];
   p.m = dims[rank - 1];
   p.P = dims[rank - 2] * p.m;
   p.k = static_cast<int64_t>(offsets.size());
-  p.batch = static_cast<int64_t>(M_in.element_count()) / std::max<int64_t>(p.n * p.P, 1);
-  if (dims[rank - 2] != p.n) return ffi::Error::InvalidArgument("M must be [..., n, n, m]");
-  if (static_cast<int64_t>(w.element_count()) != p.batch * p.n * p.k ||
-      static_cast<int64_t>(d.element_count()) != p.batch * p.n ||
-      static_cast<int64_t>(coef.element_count()) != p.batch * p.n ||
-      static_cast<int64_t>(v.element_count()) != p.batch * p.m ||
-      static_cast<int64_t>(g->element_count()) != p.batch * p.P) {
+  if (p.n == 0 || dims[rank - 2] % p.n != 0) {
+    return ffi::Error::InvalidArgument("ring_sweep: M must be [..., n, G n, m]");
+  }
+  p.G = dims[rank - 2] / p.n;
+  p.batch = static_cast<int64_t>(M_in[0].element_count()) / std::max<int64_t>(p.n * p.P, 1);
+  const auto count = [](const ffi::AnyBuffer& x) { return static_cast<int64_t>(x.element_count()); };
+  const int64_t bn = p.batch * p.n;
+  if (count(A) != bn * L * p.k || count(B) != bn * L * L || count(E) != bn * L * p.G ||
+      count(coef) != bn * L || count(v) != p.batch * p.m || count(*g) != p.batch * p.P ||
+      (L == 2 && count(M_in[1]) != count(M_in[0]))) {
     return ffi::Error::InvalidArgument("ring_sweep: operand sizes do not match M");
   }
-  p.M = M_out->typed_data<T>();
-  if (M_in.untyped_data() != M_out->untyped_data()) {
-    std::copy(M_in.typed_data<T>(), M_in.typed_data<T>() + M_in.element_count(), p.M);
+  for (int l = 0; l < L; ++l) {
+    p.M[l] = M_out[l]->typed_data<T>();
+    if (M_in[l].untyped_data() != M_out[l]->untyped_data()) {
+      std::copy(M_in[l].typed_data<T>(), M_in[l].typed_data<T>() + M_in[l].element_count(),
+                p.M[l]);
+    }
   }
   p.g = g->typed_data<T>();
-  p.w = w.typed_data<T>();
-  p.d = d.typed_data<T>();
+  p.A = A.typed_data<T>();
+  p.B = B.typed_data<T>();
+  p.E = E.typed_data<T>();
   p.v = v.typed_data<T>();
   p.coef = coef.typed_data<T>();
   p.offsets = offsets.begin();
-  p.decay = static_cast<T>(decay);
   p.lo = 0;
   p.hi = 0;
   for (int64_t s = 0; s < p.k; ++s) {
@@ -352,7 +407,7 @@ ffi::Error Typed(ffi::ThreadPool& pool, ffi::AnyBuffer M_in, ffi::AnyBuffer w, f
     p.hi = std::max(p.hi, offsets[s]);
   }
   // The banded path: offsets exactly -lo .. hi with lo = (k - 1) / 2 (the ring mask's order),
-  // or no offsets (traces: one window row, weight γ).
+  // or no offsets (traces: one window row).
   const int64_t K = std::max<int64_t>(p.k, 1);
   bool contiguous = K <= 8 && p.lo == (K - 1) / 2 && p.hi == K / 2 && p.n % kRows == 0 &&
                     p.n >= kRows + p.lo;
@@ -360,9 +415,13 @@ ffi::Error Typed(ffi::ThreadPool& pool, ffi::AnyBuffer M_in, ffi::AnyBuffer w, f
     for (int64_t t = 0; t < s; ++t) contiguous = contiguous && offsets[s] != offsets[t];
   }
   p.banded = contiguous ? static_cast<int>(K) : 0;
+  if (L == 2 && !p.banded) {
+    return ffi::Error::InvalidArgument(
+        "ring_sweep: two leaves (LSTM) need ring offsets, k <= 8 and n a multiple of 4");
+  }
   // The rows a tile keeps in flight take about 256 KiB, a quarter of a core's L2 here (tiles of
   // 32 to 1024 KiB measured within 15 % of each other at n = 256).
-  const int64_t rows = p.banded ? kRows + K + p.lo : p.lo + p.hi + 2;
+  const int64_t rows = p.banded ? L * kRows + K + p.lo : p.lo + p.hi + 2;
   const int64_t target = (int64_t{256} << 10) / (rows * static_cast<int64_t>(sizeof(T)));
   p.tile = std::min(p.P, std::max<int64_t>(kSub, target / kSub * kSub));
   if (p.batch * p.P == 0) return ffi::Error::Success();
@@ -370,31 +429,66 @@ ffi::Error Typed(ffi::ThreadPool& pool, ffi::AnyBuffer M_in, ffi::AnyBuffer w, f
   return ffi::Error::Success();
 }
 
-ffi::Error RingSweep(ffi::ThreadPool pool, ffi::AnyBuffer M_in, ffi::AnyBuffer w,
-                     ffi::AnyBuffer d, ffi::AnyBuffer v, ffi::AnyBuffer coef,
-                     ffi::Span<const int64_t> offsets, double decay,
-                     ffi::Result<ffi::AnyBuffer> M_out, ffi::Result<ffi::AnyBuffer> g) {
-  switch (M_in.element_type()) {
+ffi::Error Dispatch(ffi::ThreadPool& pool, int L, const ffi::AnyBuffer* M_in, ffi::AnyBuffer A,
+                    ffi::AnyBuffer B, ffi::AnyBuffer E, ffi::AnyBuffer v, ffi::AnyBuffer coef,
+                    ffi::Span<const int64_t> offsets, ffi::AnyBuffer* const* M_out,
+                    ffi::AnyBuffer* g) {
+  switch (M_in[0].element_type()) {
     case ffi::DataType::F32:
-      return Typed<float>(pool, M_in, w, d, v, coef, offsets, decay, M_out, g);
+      return Typed<float>(pool, L, M_in, A, B, E, v, coef, offsets, M_out, g);
     case ffi::DataType::F64:
-      return Typed<double>(pool, M_in, w, d, v, coef, offsets, decay, M_out, g);
+      return Typed<double>(pool, L, M_in, A, B, E, v, coef, offsets, M_out, g);
     default:
       return ffi::Error::InvalidArgument("ring_sweep: M must be float32 or float64");
   }
 }
 
+ffi::Error RingSweep(ffi::ThreadPool pool, ffi::AnyBuffer M, ffi::AnyBuffer A, ffi::AnyBuffer B,
+                     ffi::AnyBuffer E, ffi::AnyBuffer v, ffi::AnyBuffer coef,
+                     ffi::Span<const int64_t> offsets, ffi::Result<ffi::AnyBuffer> M_out,
+                     ffi::Result<ffi::AnyBuffer> g) {
+  ffi::AnyBuffer* out[1] = {&*M_out};
+  return Dispatch(pool, 1, &M, A, B, E, v, coef, offsets, out, &*g);
+}
+
+ffi::Error RingSweep2(ffi::ThreadPool pool, ffi::AnyBuffer M_h, ffi::AnyBuffer M_c,
+                      ffi::AnyBuffer A, ffi::AnyBuffer B, ffi::AnyBuffer E, ffi::AnyBuffer v,
+                      ffi::AnyBuffer coef, ffi::Span<const int64_t> offsets,
+                      ffi::Result<ffi::AnyBuffer> M_h_out, ffi::Result<ffi::AnyBuffer> M_c_out,
+                      ffi::Result<ffi::AnyBuffer> g) {
+  const ffi::AnyBuffer in[2] = {M_h, M_c};
+  ffi::AnyBuffer* out[2] = {&*M_h_out, &*M_c_out};
+  return Dispatch(pool, 2, in, A, B, E, v, coef, offsets, out, &*g);
+}
+
 }  // namespace
 
+// Shapes (leading batch axes allowed on every operand): M leaves [n, R, m], A [n, L, k],
+// B [n, L, L], E [n, L, G], v [m], coef [n, L]; returns the leaves (aliased) and g [R, m].
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CreditRingSweep, RingSweep,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()  // M [..., n, n, m]
-                                  .Arg<ffi::AnyBuffer>()  // w [..., n, k]
-                                  .Arg<ffi::AnyBuffer>()  // d [..., n]
-                                  .Arg<ffi::AnyBuffer>()  // v [..., m]
-                                  .Arg<ffi::AnyBuffer>()  // coef [..., n]
+                                  .Arg<ffi::AnyBuffer>()  // M
+                                  .Arg<ffi::AnyBuffer>()  // A
+                                  .Arg<ffi::AnyBuffer>()  // B
+                                  .Arg<ffi::AnyBuffer>()  // E
+                                  .Arg<ffi::AnyBuffer>()  // v
+                                  .Arg<ffi::AnyBuffer>()  // coef
                                   .Attr<ffi::Span<const int64_t>>("offsets")
-                                  .Attr<double>("decay")
-                                  .Ret<ffi::AnyBuffer>()   // M_t, aliased with M
-                                  .Ret<ffi::AnyBuffer>());  // g [..., n, m]
+                                  .Ret<ffi::AnyBuffer>()   // M_t
+                                  .Ret<ffi::AnyBuffer>());  // g
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CreditRingSweep2, RingSweep2,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // M_h
+                                  .Arg<ffi::AnyBuffer>()  // M_c
+                                  .Arg<ffi::AnyBuffer>()  // A
+                                  .Arg<ffi::AnyBuffer>()  // B
+                                  .Arg<ffi::AnyBuffer>()  // E
+                                  .Arg<ffi::AnyBuffer>()  // v
+                                  .Arg<ffi::AnyBuffer>()  // coef
+                                  .Attr<ffi::Span<const int64_t>>("offsets")
+                                  .Ret<ffi::AnyBuffer>()   // M_h,t
+                                  .Ret<ffi::AnyBuffer>()   // M_c,t
+                                  .Ret<ffi::AnyBuffer>());  // g

@@ -1,8 +1,9 @@
 """The CPU kernel (rtrl.native) against NumPy and against the XLA programs it replaces, float64.
 
 The kernel has two paths: the banded one (ring offsets -lo .. hi, k <= 8, n a multiple of 4,
-rows in blocks of 4) and the general one (any offsets, any n); the cases below take both, with
-the ring's wrap-around at both ends, traces (no offsets), a decay, vmapped batches and float32.
+rows in blocks of 4; one or two carry leaves) and the general one (any offsets, any n; one leaf);
+the cases below take both, with the ring's wrap-around at both ends, traces (no offsets), a decay,
+vmapped batches, float32, and the LSTM's two leaves.
 """
 
 import jax
@@ -16,6 +17,14 @@ from rtrl import masks, native
 pytestmark = pytest.mark.skipif(
     not native.available(), reason="no C++ compiler: rtrl.native falls back to XLA"
 )
+
+
+def _vanilla_sweep(M, w, d, v, coef, offsets, decay):
+    """The kernel with the vanilla cell's coefficients: A = d w, B = γ, E = d (one leaf)."""
+    n = M.shape[0]
+    A = d[:, None, None] * w[:, None, :]
+    B = jnp.full((n, 1, 1), decay, M.dtype)
+    return native.ring_sweep(M, A, B, d[:, None, None], v, coef[:, None], offsets)
 
 
 def _reference(M, w, d, v, coef, offsets, decay):
@@ -55,14 +64,14 @@ def test_kernel_equals_numpy(n, offsets, decay):
         rng.normal(size=(batch, m)),
         rng.normal(size=(batch, n)),
     ]
-    got_M, got_g = jax.jit(jax.vmap(lambda *a: native.ring_sweep(*a, offsets, decay)))(*arrays)
+    got_M, got_g = jax.jit(jax.vmap(lambda *a: _vanilla_sweep(*a, offsets, decay)))(*arrays)
     for b in range(batch):
         want_M, want_g = _reference(*(a[b] for a in arrays), offsets, decay)
         np.testing.assert_allclose(got_M[b], want_M, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(got_g[b], want_g, rtol=1e-12, atol=1e-12)
     # float32: same program, rounding only
     f32 = [jnp.asarray(a[0], jnp.float32) for a in arrays]
-    got_M, got_g = jax.jit(lambda *a: native.ring_sweep(*a, offsets, decay))(*f32)
+    got_M, got_g = jax.jit(lambda *a: _vanilla_sweep(*a, offsets, decay))(*f32)
     assert got_M.dtype == jnp.float32
     want_M, want_g = _reference(*(a[0] for a in arrays), offsets, decay)
     np.testing.assert_allclose(got_M, want_M, rtol=1e-5, atol=1e-4)
@@ -78,10 +87,12 @@ ALGO_CASES = [
 ]
 
 
-@pytest.mark.parametrize("n", [16, 20, 18])  # banded, banded, general (k <= n / 4: ring gather)
-def test_algorithms_native_equal_xla(n):
+@pytest.mark.parametrize(
+    "cell_name,n", [("vanilla", 16), ("vanilla", 20), ("vanilla", 18), ("lstm", 16), ("lstm", 20)]
+)  # banded, banded, general (k <= n / 4: the ring gather); LSTM: banded, two leaves
+def test_algorithms_native_equal_xla(cell_name, n):
     """Gradient sums and final M of the kernel and of the XLA program, vmapped over 2 seeds."""
-    cell = rtrl.cells.get("vanilla", n_in=2, n_hidden=n, n_out=2)
+    cell = rtrl.cells.get(cell_name, n_in=2, n_hidden=n, n_out=2)
     algos = {}
     for name, opts in ALGO_CASES:
         for use in (True, False):
@@ -119,12 +130,13 @@ def test_algorithms_native_equal_xla(n):
             out[(name, str(opts), True)],
             out[(name, str(opts), False)],
         )
-        np.testing.assert_allclose(M_native, M_xla, rtol=1e-12, atol=1e-13, err_msg=name)
+        for a, b in zip(jax.tree.leaves(M_native), jax.tree.leaves(M_xla), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13, err_msg=name)
+            assert float(jnp.max(jnp.abs(b))) > 1e-2  # a state that can disagree
         for leaf in g_xla:
             np.testing.assert_allclose(
                 g_native[leaf], g_xla[leaf], rtol=1e-12, atol=1e-13, err_msg=f"{name} {leaf}"
             )
-        assert float(jnp.max(jnp.abs(M_xla))) > 1e-2  # a state that can disagree
 
 
 def test_step_updates_M_in_place():
@@ -147,20 +159,27 @@ def test_step_updates_M_in_place():
 
 def test_bad_input():
     M = jnp.zeros((6, 6, 8))
-    w, d, v, c = jnp.zeros((6, 2)), jnp.zeros(6), jnp.zeros(8), jnp.zeros(6)
-    with pytest.raises(ValueError, match="vanilla cell"):
-        native.ring_sweep(jnp.zeros((6, 12, 8)), w, d, v, c, [0, 1], 0.0)
+    A, B, E = jnp.zeros((6, 1, 2)), jnp.zeros((6, 1, 1)), jnp.zeros((6, 1, 1))
+    v, c = jnp.zeros(8), jnp.zeros((6, 1))
+    with pytest.raises(ValueError, match="one or two leaves"):
+        native.ring_sweep(jnp.zeros((6, 9, 8)), A, B, E, v, c, [0, 1])
     with pytest.raises(ValueError, match="do not match"):
-        native.ring_sweep(M, jnp.zeros((6, 3)), d, v, c, [0, 1], 0.0)
+        native.ring_sweep(M, jnp.zeros((6, 1, 3)), B, E, v, c, [0, 1])
+    with pytest.raises(ValueError, match="do not match"):
+        native.ring_sweep((M, M), A, B, E, v, c, [0, 1])  # two leaves need L = 2 coefficients
     with pytest.raises(ValueError, match="distinct"):
-        native.ring_sweep(M, w, d, v, c, [1, 7], 0.0)  # 7 = 1 mod 6
+        native.ring_sweep(M, A, B, E, v, c, [1, 7])  # 7 = 1 mod 6
     with pytest.raises(ValueError, match="distinct"):
-        native.ring_sweep(M, w, d, v, c, [0, 6], 0.0)  # out of (-n, n)
+        native.ring_sweep(M, A, B, E, v, c, [0, 6])  # out of (-n, n)
     with pytest.raises(ValueError, match="float32 and float64"):
-        native.ring_sweep(M.astype(jnp.int32), w, d, v, c, [0, 1], 0.0)
-    lstm = rtrl.cells.get("lstm", n_in=1, n_hidden=8, n_out=1)
-    with pytest.raises(ValueError, match="native_kernel=True needs a vanilla cell"):
-        rtrl.algorithms.get("sparse_rtrl", lstm, k=2, native_kernel=True)
+        native.ring_sweep(M.astype(jnp.int32), A, B, E, v, c, [0, 1])
+    A2, B2, E2 = jnp.zeros((6, 2, 2)), jnp.zeros((6, 2, 2)), jnp.zeros((6, 2, 1))
+    c2 = c.repeat(2, 1)
+    with pytest.raises(ValueError, match="n a multiple of 4"):
+        native.ring_sweep((M, M), A2, B2, E2, v, c2, [0, 1])
+    lstm = rtrl.cells.get("lstm", n_in=1, n_hidden=10, n_out=1)
+    with pytest.raises(ValueError, match="native_kernel=True needs"):
+        rtrl.algorithms.get("sparse_rtrl", lstm, k=2, native_kernel=True)  # n % 4 != 0
     vanilla = rtrl.cells.get("vanilla", n_in=1, n_hidden=8, n_out=1)
     with pytest.raises(ValueError, match="native_kernel=True needs"):
         rtrl.algorithms.get("sparse_rtrl", vanilla, k=2, mask="random", native_kernel=True)
