@@ -1,7 +1,7 @@
 """Steps/s of the rtrl package's online algorithms on a vanilla RNN, against floors of this machine.
 
-    python -m experiments.benchmarks.rtrl_speed [--sizes=32,64,128,256 --steps=200 --repeats=3
-        --seeds=5 --k=4 --numpy_steps=50 --numpy_seconds=20 --json=PATH]
+    python -m experiments.benchmarks.rtrl_speed [--sizes=32,64,128,256 --lstm_sizes=64,128
+        --steps=200 --repeats=3 --seeds=5 --k=4 --numpy_steps=50 --numpy_seconds=20 --json=PATH]
 
 Vanilla RNN, n_in = n_out = 1, float32, MSE on a random input/target stream. For each n the timed
 program is one `jax.jit` of a `jax.lax.scan` of `algo.step` (forward + gradient, the per-step
@@ -17,7 +17,9 @@ whole-tensor update), with impl="masked", and a naive gather written here (one [
 M's rows, then an einsum) to show why the shipped gather differs; traces (decay 0.95) as shipped
 and as the XLA program; uoro; "bptt", which is NOT the online tbptt
 algorithm but the one-shot whole-sequence gradient jax.grad(rtrl.sequence_loss) over the same
-stream (steps/s = steps / time); and a textbook NumPy full RTRL (batch 1) for scale.
+stream (steps/s = steps / time); and a textbook NumPy full RTRL (batch 1) for scale. A second
+table times the LSTM (`--lstm_sizes`): rtrl, and sparse_rtrl and traces as shipped and as the XLA
+program, with bptt, and checks that the kernel and the XLA program agree.
 
 Floors, measured in the same run:
 - J·M matmul: a scanned [n, n] @ [n, n·m] float32 product (m = n + n_in + 1), the shape of full
@@ -52,6 +54,9 @@ from experiments.benchmarks import timing
 from rtrl import forward
 
 _SIZES = flags.DEFINE_list("sizes", ["32", "64", "128", "256"], "Hidden sizes n.")
+_LSTM_SIZES = flags.DEFINE_list(
+    "lstm_sizes", ["64", "128"], "LSTM hidden sizes (rtrl, sparse_rtrl and traces rows only)."
+)
 _STEPS = flags.DEFINE_integer("steps", 200, "Time steps per scanned call.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per program after one warm-up call.")
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Seeds in the vmapped program.")
@@ -155,6 +160,17 @@ def algorithms(cell, k: int, decay: float) -> dict:
     return algos
 
 
+def lstm_algorithms(cell, k: int, decay: float) -> dict:
+    """The LSTM rows: rtrl, and sparse_rtrl / traces as shipped and as the XLA program."""
+    return {
+        RTRL: rtrl.algorithms.get("rtrl", cell),
+        SPARSE: rtrl.algorithms.get("sparse_rtrl", cell, k=k, mask="ring"),
+        SPARSE_XLA: rtrl.algorithms.get("sparse_rtrl", cell, k=k, mask="ring", native_kernel=False),
+        TRACES: rtrl.algorithms.get("traces", cell, decay=decay),
+        TRACES_XLA: rtrl.algorithms.get("traces", cell, decay=decay, native_kernel=False),
+    }
+
+
 def scanned_grads(algo, traces: dict, label: str):
     """run(params, state, xs [T, n_in], ys [T, n_out]) -> (Σ_t grads_t, Σ_t L_t), one scan of
     algo.step. Each trace adds one to traces[label]."""
@@ -199,13 +215,16 @@ def _rel_err(a, b) -> float:
     return (num / max(den, 1e-30)) ** 0.5
 
 
-def time_algorithms(n: int, steps: int, seeds: int, k: int, decay: float, repeats: int):
+def time_algorithms(
+    n: int, steps: int, seeds: int, k: int, decay: float, repeats: int, cell_name="vanilla"
+):
     """Rows {label: {...}} for every algorithm at size n, grad totals of seed 0, trace counts."""
-    cell = rtrl.cells.get("vanilla", n_in=N_IN, n_hidden=n, n_out=N_OUT)
+    cell = rtrl.cells.get(cell_name, n_in=N_IN, n_hidden=n, n_out=N_OUT)
     params, state_keys, xs, ys = problem(cell, seeds, steps)
     traces: dict = {}
     rows, grads = {}, {}
-    for label, algo in algorithms(cell, k, decay).items():
+    builder = algorithms if cell_name == "vanilla" else lstm_algorithms
+    for label, algo in builder(cell, k, decay).items():
         states = jax.vmap(algo.init)(state_keys, params)
         single = jax.jit(scanned_grads(algo, traces, f"{label} / single"))
         batched = jax.jit(jax.vmap(scanned_grads(algo, traces, f"{label} / vmap")))
@@ -215,7 +234,7 @@ def time_algorithms(n: int, steps: int, seeds: int, k: int, decay: float, repeat
         )
         rows[label] = _row(timed, steps, seeds)
         grads[label] = single(*one)[0]
-        print(f"  n={n} {label}: {rows[label]['us_per_step']:.1f} µs/step", flush=True)
+        print(f"  {cell_name} n={n} {label}: {rows[label]['us_per_step']:.1f} µs/step", flush=True)
     single = jax.jit(whole_sequence_bptt(cell, traces, f"{BPTT} / single"))
     batched = jax.jit(jax.vmap(whole_sequence_bptt(cell, traces, f"{BPTT} / vmap")))
     one = (_first(params), xs[0], ys[0])
@@ -223,7 +242,7 @@ def time_algorithms(n: int, steps: int, seeds: int, k: int, decay: float, repeat
     timed = time_round_robin(calls, repeats)
     rows[BPTT] = _row(timed, steps, seeds)
     grads[BPTT] = single(*one)[0]
-    print(f"  n={n} {BPTT}: {rows[BPTT]['us_per_step']:.1f} µs/step", flush=True)
+    print(f"  {cell_name} n={n} {BPTT}: {rows[BPTT]['us_per_step']:.1f} µs/step", flush=True)
     retraced = {label: count for label, count in traces.items() if count != 1}
     if retraced:
         raise RuntimeError(f"n={n}: jitted programs traced more than once: {retraced}")
@@ -369,6 +388,22 @@ def measure_size(n: int, cfg: dict) -> dict:
     floor["rtrl_gflops"] = floor["jm_flops_per_step"] / (rows[RTRL]["us_per_step"] * 1e-6) / 1e9
     floor["rtrl_fraction_of_matmul"] = floor["rtrl_gflops"] / floor["matmul_gflops"]
     return {"floors": floor, "rows": rows, "checks": checks, "traces": traces}
+
+
+def measure_lstm(n: int, cfg: dict) -> dict:
+    """LSTM rows at size n (no floors: the issue's floors are for the vanilla cell) and the
+    agreement of the kernel with the XLA program."""
+    rows, grads, traces, _ = time_algorithms(
+        n, cfg["steps"], cfg["seeds"], cfg["k"], cfg["decay"], cfg["repeats"], "lstm"
+    )
+    for row in rows.values():
+        row["speedup_vs_rtrl"] = rows[RTRL]["us_per_step"] / row["us_per_step"]
+    checks = {
+        "rtrl vs bptt": _rel_err(grads[RTRL], grads[BPTT]),
+        "sparse XLA program vs shipped": _rel_err(grads[SPARSE_XLA], grads[SPARSE]),
+        "traces XLA program vs shipped": _rel_err(grads[TRACES_XLA], grads[TRACES]),
+    }
+    return {"rows": rows, "checks": checks, "traces": traces}
 
 
 def _fmt(value, spec: str, suffix: str = "") -> str:
@@ -518,11 +553,29 @@ def verdicts(by_size: dict, seeds: int, k: int) -> list[str]:
 
 
 def run(cfg: dict) -> tuple[str, dict]:
-    """(report text, every number) for cfg {sizes, steps, repeats, seeds, k, decay, numpy_*}."""
+    """(report text, every number) for cfg {sizes, lstm_sizes, steps, repeats, seeds, k, decay,
+    numpy_*}."""
     peak = peak_matmul_gflops()
     print(f"  {BIG_MATMUL}³ float32 matmul: {peak:.1f} GFLOP/s", flush=True)
     by_size = {n: measure_size(n, cfg) for n in cfg["sizes"]}
+    lstm = {n: measure_lstm(n, cfg) for n in cfg.get("lstm_sizes", [])}
     lines = verdicts(by_size, cfg["seeds"], cfg["k"])
+    if lstm:
+        errors = [err for measured in lstm.values() for err in measured["checks"].values()]
+        counts = [c for measured in lstm.values() for c in measured["traces"].values()]
+        lines.append(
+            f"LSTM: gradient sums agree (≤ {CHECK_RTOL:g}): "
+            + ("met" if max(errors) <= CHECK_RTOL else "NOT met")
+            + f" (worst {max(errors):.1e}); one trace per program: "
+            + ("met" if set(counts) == {1} else "NOT met")
+            + f" ({len(counts)} programs)"
+        )
+    lstm_text = [
+        f"LSTM (n_in = n_out = 1, k = {cfg['k']} ring, traces decay {cfg['decay']:g}; no floors):",
+        "",
+        algorithm_table(lstm, cfg["seeds"]),
+        checks_table(lstm),
+    ]
     device = jax.devices()[0]
     text = "\n".join(
         [
@@ -537,6 +590,7 @@ def run(cfg: dict) -> tuple[str, dict]:
             "",
             floors_table(by_size, peak),
             checks_table(by_size),
+            *(lstm_text if lstm else []),
             "Verdicts:",
             *[f"- {line}" for line in lines],
         ]
@@ -545,6 +599,7 @@ def run(cfg: dict) -> tuple[str, dict]:
         "config": {**cfg, "device": str(device.device_kind), "jax": jax.__version__},
         "peak_matmul_gflops": peak,
         "sizes": {str(n): measured for n, measured in by_size.items()},
+        "lstm_sizes": {str(n): measured for n, measured in lstm.items()},
         "verdicts": lines,
     }
     return text, numbers
@@ -554,6 +609,7 @@ def main(argv):
     del argv
     cfg = {
         "sizes": [int(n) for n in _SIZES.value],
+        "lstm_sizes": [int(n) for n in _LSTM_SIZES.value],
         "steps": _STEPS.value,
         "repeats": _REPEATS.value,
         "seeds": _SEEDS.value,

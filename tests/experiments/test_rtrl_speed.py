@@ -7,6 +7,7 @@ from experiments.benchmarks import rtrl_speed
 def test_rtrl_speed_smoke():
     cfg = {
         "sizes": [8],
+        "lstm_sizes": [8],
         "steps": 5,
         "repeats": 1,
         "seeds": 2,
@@ -26,5 +27,9 @@ def test_rtrl_speed_smoke():
     checks = measured["checks"]
     assert len(checks) == 6 and max(checks.values()) <= rtrl_speed.CHECK_RTOL, checks
     assert rows[rtrl_speed.SPARSE]["floor"] == rtrl_speed.TOUCH_FLOOR
-    assert len(numbers["verdicts"]) == 6
+    assert len(numbers["verdicts"]) == 7
     assert "| 8 | sparse_rtrl XLA program |" in text
+    lstm = numbers["lstm_sizes"]["8"]
+    assert set(lstm["traces"].values()) == {1} and len(lstm["traces"]) == 12  # 5 algos + bptt
+    assert max(lstm["checks"].values()) <= rtrl_speed.CHECK_RTOL, lstm["checks"]
+    assert "LSTM (n_in = n_out = 1" in text
