@@ -23,7 +23,9 @@ banded path applies: ring order, k <= 8, n a multiple of 4 (`supports`).
 The kernel is compiled on first use with the system's C++ compiler (`$CXX`, default g++) against
 the headers that ship with jaxlib, and cached under `$CREDIT_CACHE` (default ~/.cache/credit).
 `available()` is False, and callers use the XLA program instead, when there is no compiler, the
-build fails (a warning says why), or `CREDIT_NATIVE=0` is set.
+build fails (a warning says why), or `CREDIT_NATIVE=0` is set. The custom call has no
+differentiation rule: to differentiate through an algorithm's step itself (not needed for
+training, the step computes gradients forward), build it with `native_kernel=False`.
 """
 
 import ctypes
