@@ -1,25 +1,24 @@
-"""Trainers of the depth study (BPTT, local traces, truncated BPTT, online) and streaming eval.
+"""Trainers of the depth study: a learning rule of `lru_local.rules` plus an optimizer.
 
 Every trainer is a pair of pure functions over the pytree `TrainState`:
 
-    state = trainer.init(key, params)                 # Adam moments zeroed, noise key kept
+    state = trainer.init(key, params)                 # optimizer state zeroed, noise key kept
     state, metrics = trainer.step(state, tokens, lr)  # tokens int [B, T+1]: one batch
 
 `lr` is an array (not a Python float), so a learning-rate grid and a seed sweep are one `jax.vmap`.
-Adam (β1=0.9, β2=0.999, ε=1e-8, optax) updates all parameters; the embedding E is frozen
-(its gradient is zero in every trainer, so Adam leaves it unchanged).
+The optimizer comes from `rtrl.optimizers` by name (default Adam: β1=0.9, β2=0.999, ε=1e-8) and
+updates all parameters; the embedding E is frozen (its gradient is zero in every rule, so Adam
+leaves it unchanged).
 
-    bptt          one update per batch from ∇ of the mean next-byte CE through depth and time.
-    local         one update per batch from the exact local gradients (forward traces):
-                  Σ_ℓ ∇_{θ^ℓ} mean_t L^ℓ_t, no backward pass across a layer or a timestep.
-    tbptt(w)      one update per batch from Σ_windows ∇ CE over consecutive windows of w steps,
-                  the state carried across window edges and the gradient cut there (w = T: bptt).
-    online(k)     the local rule on the batch read as B streams: an update every k tokens, the
-                  states and traces carried across updates (they then mix parameter versions, the
-                  usual online approximation); k = T gives `local` exactly.
+    bptt, local, tbptt(w)   one update per batch from the rule's gradient.
+    online(k)               the batch read as B streams: the online rule restarted at the batch's
+                            first byte (states and traces zero, noise key fold_in(key, step)),
+                            then an update every k tokens, states and traces carried across
+                            updates; k = T gives `local` exactly.
 
-`metrics` holds "loss" (the batch's next-byte CE in nats, under the parameters the trainer saw)
-and "grad_norm" (global L2 norm of the update's gradient; online: of the last update).
+`metrics` holds "loss" (the batch's next-byte CE in nats, under the parameters the trainer saw),
+"grad_norm" (global L2 norm of the update's gradient; online: of the last update) and, for local
+and online, "local_losses" [L].
 """
 
 from __future__ import annotations
@@ -31,96 +30,26 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lru_local import model, traces
-from lru_local.bptt import task_loss_bptt
+from lru_local import model, rules
 from lru_local.config import Config
+from lru_local.rules import zero_states
+from rtrl import optimizers
 
-TRAINERS = ("bptt", "local", "tbptt", "online")
+TRAINERS = rules.NAMES
 
 
 class TrainState(NamedTuple):
     params: dict
     opt_state: optax.OptState
-    key: jax.Array  # raw uint32 [2] key of the denoising noise; step i uses fold_in(key, i)
+    key: jax.Array  # raw uint32 [2] key of the denoising noise (online: per-batch restarts)
     step: jax.Array  # int32 scalar: batches consumed
+    rule_state: object  # the rule's state, carried across batches (online: unused, ())
 
 
 class Trainer(NamedTuple):
     name: str
     init: Callable  # (key, params) -> TrainState
     step: Callable  # (state, tokens [B, T+1], lr) -> (state, metrics)
-
-
-def _adam(lr) -> optax.GradientTransformation:
-    return optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
-
-
-def _init(key: jax.Array, params: dict) -> TrainState:
-    return TrainState(params, _adam(1.0).init(params), key, jnp.int32(0))
-
-
-def _update(params, opt_state, grads, lr):
-    updates, opt_state = _adam(lr).update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
-
-
-def _finish(state: TrainState, grads, lr, loss, **extra):
-    params, opt_state = _update(state.params, state.opt_state, grads, lr)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **extra}
-    return TrainState(params, opt_state, state.key, state.step + 1), metrics
-
-
-def _step_key(state: TrainState) -> jax.Array:
-    return jax.random.fold_in(state.key, state.step)
-
-
-def window_task_loss(params: dict, tokens: jax.Array, s_init: list, activation: str = "none"):
-    """Mean CE of tokens [B, w+1] with the states before it s_init (stop-gradded): (CE, s_last)."""
-    s_init = jax.lax.stop_gradient(s_init)
-    ys, _, s_last = model.stack_forward(
-        params, tokens[:, :-1], local=False, s_init=s_init, activation=activation
-    )
-    return jnp.mean(model.task_loss(params["decoder"], ys[-1], tokens[:, 1:])), s_last
-
-
-def zero_states(params: dict, batch: int) -> list:
-    """Per-layer complex zero states [B, N] (the state before the first byte), sized from params."""
-    ctype = jnp.result_type(params["embed"].dtype, jnp.complex64)
-    return [jnp.zeros((batch, layer["nu_log"].shape[0]), ctype) for layer in params["layers"]]
-
-
-def tbptt_grads(params: dict, tokens: jax.Array, cfg: Config, window: int):
-    """(mean CE, grads) of truncated BPTT: tokens [B, T+1] cut into T/w windows of w steps.
-
-    Window j's loss is the mean CE of its w predictions with the state s_{jw-1} carried from
-    window j-1 as a constant; grads = (1/n) Σ_j ∇ CE_j, so w = T is exactly `bptt_grads`. A
-    `lax.scan` over windows keeps one window's activations alive at a time (memory ∝ w).
-    """
-    batch, length = tokens.shape
-    n_windows = (length - 1) // window
-    dtype = params["embed"].dtype
-    grad_fn = jax.value_and_grad(window_task_loss, has_aux=True)
-
-    def body(carry, j):
-        states, loss_sum, grad_sum = carry
-        x = jax.lax.dynamic_slice_in_dim(tokens, j * window, window + 1, axis=1)
-        (loss, states), grads = grad_fn(params, x, states, cfg.activation)
-        grad_sum = jax.tree_util.tree_map(jnp.add, grad_sum, grads)
-        return (states, loss_sum + loss, grad_sum), None
-
-    zero_grads = jax.tree_util.tree_map(jnp.zeros_like, params)
-    init = (zero_states(params, batch), jnp.zeros((), dtype), zero_grads)
-    (_, loss, grads), _ = jax.lax.scan(body, init, jnp.arange(n_windows))
-    scale = 1.0 / n_windows
-    return loss * scale, jax.tree_util.tree_map(lambda g: g * scale, grads)
-
-
-def _check_divides(name: str, value: int, length: int) -> None:
-    if not isinstance(value, int) or value < 1 or length % value:
-        raise ValueError(
-            f"{name}={value!r} must be a positive int dividing the T={length} predictions of "
-            f"each batch; pick a divisor of seq_len"
-        )
 
 
 def make_trainer(
@@ -131,72 +60,62 @@ def make_trainer(
     window: int | None = None,
     every: int | None = None,
     chunk: int = 32,
+    optimizer: str = "adam",
 ) -> Trainer:
     """The trainer `name` in TRAINERS for batches of seq_len + 1 bytes.
 
     window: tbptt's w; every: online's k; chunk: steps per scan iteration of the trace engine
-    (any value gives the same gradients).
+    (any value gives the same gradients); optimizer: a name in `rtrl.optimizers.NAMES`.
     """
     if name not in TRAINERS:
         raise ValueError(f"unknown trainer {name!r}; choose one of {list(TRAINERS)}")
+    tx = optimizers.get(optimizer)
+    options = {"local": {"chunk": chunk}, "tbptt": {"window": window, "seq_len": seq_len}}
+    if name == "online":
+        rules.check_divides("online update interval", every, seq_len)
+    batch_rule = None if name == "online" else rules.get(name, cfg, **options.get(name, {}))
 
-    if name == "bptt":
+    def init(key, params):
+        rule_state = () if batch_rule is None else batch_rule.init(key, params)
+        return TrainState(params, tx.init(params), key, jnp.int32(0), rule_state)
 
-        def step(state, tokens, lr):
-            loss, grads = jax.value_and_grad(task_loss_bptt)(state.params, tokens, cfg.activation)
-            return _finish(state, grads, lr, loss)
+    def update(params, opt_state, grads, lr):
+        opt_state = optimizers.with_learning_rate(opt_state, lr)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
 
-    elif name == "local":
+    def batch_step(state, tokens, lr):
+        rule_state, out = batch_rule.step(state.params, state.rule_state, tokens)
+        params, opt_state = update(state.params, state.opt_state, out.grads, lr)
+        metrics = {"loss": out.loss, "grad_norm": optax.tree.norm(out.grads)}
+        if name == "local":
+            metrics["local_losses"] = out.layer_losses
+        return TrainState(params, opt_state, state.key, state.step + 1, rule_state), metrics
 
-        def step(state, tokens, lr):
-            losses, grads = traces.scan_local_grads(
-                state.params, tokens, _step_key(state), cfg, chunk=chunk
-            )
-            return _finish(state, grads, lr, losses[-1], local_losses=losses)
+    def online_step(state, tokens, lr):
+        rule = rules.online(cfg, every, tokens.shape[0])
+        windows = jnp.stack(
+            [tokens[:, j * every : (j + 1) * every + 1] for j in range(seq_len // every)]
+        )
 
-    elif name == "tbptt":
-        _check_divides("tbptt window", window, seq_len)
+        def body(carry, window_tokens):
+            params, opt_state, rule_state = carry
+            rule_state, out = rule.step(params, rule_state, window_tokens)
+            params, opt_state = update(params, opt_state, out.grads, lr)
+            return (params, opt_state, rule_state), (out.layer_losses, optax.tree.norm(out.grads))
 
-        def step(state, tokens, lr):
-            loss, grads = tbptt_grads(state.params, tokens, cfg, window)
-            return _finish(state, grads, lr, loss)
+        start = rule.init(jax.random.fold_in(state.key, state.step), state.params)
+        (params, opt_state, _), (losses, norms) = jax.lax.scan(
+            body, (state.params, state.opt_state, start), windows
+        )
+        metrics = {
+            "loss": jnp.mean(losses[:, -1]),
+            "grad_norm": norms[-1],
+            "local_losses": jnp.mean(losses, axis=0),
+        }
+        return TrainState(params, opt_state, state.key, state.step + 1, ()), metrics
 
-    else:
-        _check_divides("online update interval", every, seq_len)
-
-        def step(state, tokens, lr):
-            batch = tokens.shape[0]
-            dtype = state.params["embed"].dtype
-            key = _step_key(state)
-            x = tokens[:, :-1].T.reshape(seq_len // every, every, batch)
-            x_next = tokens[:, 1:].T.reshape(seq_len // every, every, batch)
-            weights = jnp.full((every,), 1.0 / every, dtype)
-
-            def body(carry, inputs):
-                params, opt_state, layer_states = carry
-                j, x_j, x_next_j = inputs
-                t = j * every + jnp.arange(every)
-                noise = traces.denoise_noise_at(key, t, batch, cfg, dtype)
-                layer_states, losses, grads = traces.chunk_step(
-                    params, layer_states, x_j, x_next_j, noise, weights, activation=cfg.activation
-                )
-                params, opt_state = _update(params, opt_state, grads, lr)
-                return (params, opt_state, layer_states), (losses, optax.tree.norm(grads))
-
-            zero = [traces.TRACE_ENGINE.init(batch, cfg, dtype) for _ in range(cfg.depth)]
-            (params, opt_state, _), (losses, norms) = jax.lax.scan(
-                body,
-                (state.params, state.opt_state, zero),
-                (jnp.arange(seq_len // every), x, x_next),
-            )
-            metrics = {
-                "loss": jnp.mean(losses[:, -1]),
-                "grad_norm": norms[-1],
-                "local_losses": jnp.mean(losses, axis=0),
-            }
-            return TrainState(params, opt_state, state.key, state.step + 1), metrics
-
-    return Trainer(name, _init, step)
+    return Trainer(name, init, online_step if name == "online" else batch_step)
 
 
 def stream_eval(

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import lru_local
-from lru_local import model, training
+from lru_local import model, rules, training
 from tests.lru_local.compare import max_relative_errors
 
 
@@ -36,7 +36,7 @@ def _assert_trees_close(actual, expected, rtol):
 @pytest.mark.parametrize("depth, activation", [(1, "none"), (3, "none"), (3, "gelu")])
 def test_tbptt_with_one_window_is_bptt(depth, activation):
     cfg, params, tokens, _ = _setup(depth, activation=activation)
-    loss, grads = training.tbptt_grads(params, tokens, cfg, window=16)
+    loss, grads = rules.tbptt_grads(params, tokens, cfg, window=16)
     ref_loss, ref_grads = lru_local.bptt_grads(params, tokens, cfg)
     chex.assert_trees_all_close(loss, ref_loss, rtol=1e-12)
     _assert_trees_close(grads, ref_grads, 1e-10)
@@ -47,7 +47,7 @@ def test_tbptt_loss_is_the_full_sequence_loss_but_its_gradient_is_cut():
     per-window gradients with the incoming state held constant (checked against a loop of jax.grad
     over explicit windows), and differs from the full BPTT gradient."""
     cfg, params, tokens, _ = _setup(2, length=16)
-    loss, grads = training.tbptt_grads(params, tokens, cfg, window=4)
+    loss, grads = rules.tbptt_grads(params, tokens, cfg, window=4)
     full_loss, full_grads = lru_local.bptt_grads(params, tokens, cfg)
     chex.assert_trees_all_close(loss, full_loss, rtol=1e-12)
 
@@ -79,7 +79,7 @@ def test_one_trainer_step_is_adam_on_the_trainers_gradient(name):
         losses, grads = lru_local.local_grads(params, tokens, jax.random.fold_in(key, 0), cfg)
         loss = losses[-1]
     else:
-        loss, grads = training.tbptt_grads(params, tokens, cfg, 8)
+        loss, grads = rules.tbptt_grads(params, tokens, cfg, 8)
     chex.assert_trees_all_close(metrics["loss"], loss, rtol=1e-12)
     chex.assert_trees_all_close(metrics["grad_norm"], optax.tree.norm(grads), rtol=1e-10)
     _assert_trees_close(state.params, _adam_reference(params, grads, 3e-3), 1e-10)
