@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Atomically writes text (temp file, flush, fsync, rename)."""
@@ -55,3 +57,26 @@ def finished_run(workdir: str | os.PathLike, config: dict) -> tuple[str, dict] |
     except (OSError, ValueError):
         return None
     return (table, summary) if saved == as_saved(config) and summary.get("finished") else None
+
+
+def mean_std(
+    values, fmt: str = ".3f", std_fmt: str | None = None, *, signed=False, finite_only=False
+) -> str:
+    """ "mean ± std" of values (population std); one value prints alone.
+
+    fmt / std_fmt: format specs of the mean and the std (std_fmt defaults to fmt); signed: a
+    leading + on positive means; finite_only: drop non-finite values first ("diverged" when none
+    is left). A mean that rounds to zero prints without a minus sign.
+    """
+    arr = np.asarray(values, np.float64).ravel()
+    if finite_only:
+        arr = arr[np.isfinite(arr)]
+        if arr.size == 0:
+            return "diverged"
+    mean = float(np.mean(arr))
+    if mean == 0 or float(format(mean, fmt.lstrip("+"))) == 0:
+        mean = 0.0
+    text = format(mean, ("+" if signed else "") + fmt)
+    if arr.size == 1 and not finite_only:
+        return text
+    return f"{text} ± {format(float(np.std(arr)), std_fmt or fmt)}"

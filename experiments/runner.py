@@ -76,7 +76,7 @@ class Run:
     on_nonfinite: str = "record"
     watch: tuple[str, ...] = ("loss",)
     group: int = 0
-    rows: Callable[..., list[dict]] | None = None
+    rows: Callable[..., list[dict]] | None = None  # (first, n, metrics, extra, seconds) -> rows
     rate_key: str | None = None
     cost: float = 1.0  # relative cost of one lane-step (for the ETA of runs not yet timed)
 
@@ -157,6 +157,7 @@ class Runner:
         self._plan: dict[str, tuple] = {}  # run id -> (lane-steps · cost, rate key)
         self._programs: dict = {}
         self.compile_info: dict[str, dict] = {}  # run id -> temp bytes and seconds of its program
+        self.busy_s: dict[str, float] = {}  # run id -> seconds this process spent running it
         self._arrays = None
         self.meta = {"config": self.config, "done": {}, "current": None, "metrics_lines": 0}
         self.meta["elapsed_s"] = 0.0
@@ -274,7 +275,7 @@ class Runner:
             for name, values in extra.items():
                 records["chunk/" + name][:, first // run.chunk] = values
             self._check_finite(run, metrics, first, diverged)
-            self._append_rows(run, first, n, metrics, extra)
+            self._append_rows(run, first, n, metrics, extra, seconds)
             steps_here += n
             self.rates[run.rate_key or run.id] = seconds / (n * n_lanes * run.cost)
             self.meta["current"] = {"run": run.id, "step": first + n}
@@ -285,6 +286,7 @@ class Runner:
                 }
             )
             busy += time.perf_counter() - t_chunk - compile_s
+            self.busy_s[run.id] = busy
             self._progress(run, first + n, metrics, steps_here, busy)
         final = _unpad(state, n_lanes)
         result = run.finish(final, records, diverged)
@@ -305,24 +307,25 @@ class Runner:
     def _record_template(self, run: Run, state) -> dict:
         """Zero-filled records of the run's shapes (from jax.eval_shape of one lane's chunk)."""
         n_lanes = len(run.lanes)
-        one_state = jax.tree.map(lambda x: x[0], state)
-        one_args = None if run.args is None else jax.tree.map(lambda x: x[0], run.args)
-        batch = jax.eval_shape(lambda: run.batches(0, 1))
-        if run.per_lane_batches:
-            batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), batch)
-        out = jax.eval_shape(
-            lambda s, a, b: _lane_chunk(run)(s, a, b)[1:],
-            one_state,
-            jnp.zeros(()) if one_args is None else one_args,
-            batch,
+        args = run.args if run.args is not None else jnp.zeros((n_lanes,), jnp.float32)
+        program = lanes_program(
+            run.step, per_lane_batches=run.per_lane_batches, chunk_end=run.chunk_end
         )
-        metrics, extra = out
+        first = lambda tree: jax.tree.map(lambda x: x[:1], tree)  # noqa: E731
+
+        def one_lane(state, args, batch):
+            return program(
+                first(state), first(args), first(batch) if run.per_lane_batches else batch
+            )
+
+        batch = jax.eval_shape(lambda: run.batches(0, 1))
+        _, metrics, extra = jax.eval_shape(one_lane, state, args, batch)
         n_chunks = math.ceil(run.steps / run.chunk)
         records = {
-            name: _blank((n_lanes, run.steps, *v.shape[1:]), v) for name, v in metrics.items()
+            name: _blank((n_lanes, run.steps, *v.shape[2:]), v) for name, v in metrics.items()
         }
         for name, v in extra.items():
-            records["chunk/" + name] = _blank((n_lanes, n_chunks, *v.shape), v)
+            records["chunk/" + name] = _blank((n_lanes, n_chunks, *v.shape[1:]), v)
         records["_diverged"] = np.full((n_lanes,), -1, np.int64)
         return records
 
@@ -334,7 +337,17 @@ class Runner:
             return self._programs[key], 0.0
         self._programs = {k: v for k, v in self._programs.items() if k[0] == run.id}
         tick = time.perf_counter()
-        compiled = jax.jit(self._all_lanes(run)).lower(state, args, batch).compile()
+        program = self._all_lanes(run)
+        if len(self.devices) > 1:  # pinned: XLA would replicate zero-size outputs otherwise
+            lanes = NamedSharding(self.mesh, PartitionSpec("lanes"))
+            shared = NamedSharding(self.mesh, PartitionSpec())
+            batch_sharding = lanes if run.per_lane_batches else shared
+            program = jax.jit(
+                program, in_shardings=(lanes, lanes, batch_sharding), out_shardings=lanes
+            )
+        else:
+            program = jax.jit(program)
+        compiled = program.lower(state, args, batch).compile()
         memory = compiled.memory_analysis()
         temp = int(getattr(memory, "temp_size_in_bytes", 0) or 0)
         print(
@@ -348,16 +361,12 @@ class Runner:
         return compiled, seconds
 
     def _all_lanes(self, run: Run):
-        one = _lane_chunk(run)
-        batch_axis = 0 if run.per_lane_batches else None
-
-        def lanes(states, args, batch):
-            if run.group == 0:
-                return jax.vmap(one, in_axes=(0, 0, batch_axis))(states, args, batch)
-            if run.per_lane_batches:
-                return jax.lax.map(lambda x: one(*x), (states, args, batch), batch_size=run.group)
-            return jax.lax.map(lambda x: one(*x, batch), (states, args), batch_size=run.group)
-
+        lanes = lanes_program(
+            run.step,
+            group=run.group,
+            per_lane_batches=run.per_lane_batches,
+            chunk_end=run.chunk_end,
+        )
         if len(self.devices) == 1:
             return lanes
         spec = PartitionSpec("lanes")
@@ -366,6 +375,7 @@ class Runner:
             mesh=self.mesh,
             in_specs=(spec, spec, spec if run.per_lane_batches else PartitionSpec()),
             out_specs=spec,
+            check_vma=False,  # lanes are independent; custom calls (rtrl.native) carry no VMA type
         )
 
     def _check_finite(self, run: Run, metrics: dict, first: int, diverged: np.ndarray) -> None:
@@ -389,9 +399,9 @@ class Runner:
                         flush=True,
                     )
 
-    def _append_rows(self, run: Run, first: int, n: int, metrics: dict, extra: dict) -> None:
+    def _append_rows(self, run, first, n, metrics, extra, seconds) -> None:
         if run.rows is not None:
-            rows = run.rows(first, n, metrics, extra)
+            rows = run.rows(first, n, metrics, extra, seconds)
         else:
             rows = []
             for lane, labels in enumerate(run.lanes):
@@ -403,6 +413,10 @@ class Runner:
                     if values.ndim == 1:
                         row[name] = _finite_or_none(values[lane])
                 rows.append(row)
+        self.log(rows)
+
+    def log(self, rows: list[dict]) -> None:
+        """Appends rows to metrics.jsonl (kept consistent with the next checkpoint on resume)."""
         if self.writer:
             with open(self.metrics_path, "a") as handle:
                 handle.write("".join(results.json_line(row) for row in rows))
@@ -446,15 +460,28 @@ class Runner:
             checkpoint.save(self.ckpt_dir, self.meta, arrays)
 
 
-def _lane_chunk(run: Run):
-    """One lane's chunk: lax.scan of run.step over the chunk's batches, then chunk_end."""
+def lanes_program(step, *, group: int = 0, per_lane_batches: bool = False, chunk_end=None):
+    """(states, args, batches) -> (states, metrics, extra) for all lanes: each lane runs
+    `lax.scan` of step(state, batch, args) over the chunk's batches ([n, ...], or [lanes, n, ...]
+    with per_lane_batches), then chunk_end(state). group 0: one `jax.vmap` over lanes; g > 0:
+    `jax.lax.map` over lanes, g vmapped at a time (on CPU the reverse-mode trainers lose
+    throughput to cache pressure when vmapped; see experiments/benchmarks/enwik8_depth.py)."""
 
     def one(state, args, batch):
-        state, metrics = jax.lax.scan(lambda s, b: run.step(s, b, args), state, batch)
-        extra = run.chunk_end(state) if run.chunk_end is not None else {}
+        state, metrics = jax.lax.scan(lambda s, b: step(s, b, args), state, batch)
+        extra = chunk_end(state) if chunk_end is not None else {}
         return state, metrics, extra
 
-    return one
+    batch_axis = 0 if per_lane_batches else None
+
+    def lanes(states, args, batch):
+        if group == 0:
+            return jax.vmap(one, in_axes=(0, 0, batch_axis))(states, args, batch)
+        if per_lane_batches:
+            return jax.lax.map(lambda x: one(*x), (states, args, batch), batch_size=group)
+        return jax.lax.map(lambda x: one(*x, batch), (states, args), batch_size=group)
+
+    return lanes
 
 
 def _pad(tree, size: int):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _window(T: int, start: int, stop: int) -> tuple[int, int]:
@@ -155,3 +156,31 @@ def jacobian_spectrum(M, variance: float = 0.95) -> tuple[jax.Array, jax.Array]:
     sigma_min = sigma[-1] if sigma.shape[0] == n else jnp.zeros_like(sigma[0])
     condition = jnp.where(sigma_min > 0, sigma[0] / sigma_min, jnp.inf)
     return rank, condition
+
+
+def lowest_pre_shift(pre_shift) -> int:
+    """Index of the setting (e.g. a learning rate) with the lowest mean finite pre-shift loss:
+    pre_shift [settings, seeds]; selection never looks after the shift. A setting with no finite
+    seed scores inf."""
+    arr = np.asarray(pre_shift, np.float64)
+    finite = np.isfinite(arr)
+    scores = np.where(finite.any(axis=1), np.nanmean(np.where(finite, arr, np.nan), axis=1), np.inf)
+    return int(np.argmin(scores))
+
+
+def recovery(floor, post, full) -> tuple[np.ndarray, float]:
+    """Gap recovery per seed and of the seeds' geometric means.
+
+    floor, post, full: post-shift losses [seeds] of the floor method, the method and full RTRL.
+    Returns (R per seed [seeds], R_gm = the same formula on the geometric means over seeds, which
+    stays finite when one seed's floor and full runs nearly coincide; nan if any is non-finite).
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_seed = np.asarray(gap_recovery(np.asarray(floor), np.asarray(post), np.asarray(full)))
+        geo = [_geometric_mean(v) for v in (floor, post, full)]
+        return per_seed, float(gap_recovery(*geo))
+
+
+def _geometric_mean(values) -> float:
+    arr = np.asarray(values, np.float64)
+    return float(np.exp(np.mean(np.log(arr)))) if np.all(np.isfinite(arr)) else float("nan")

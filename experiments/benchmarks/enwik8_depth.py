@@ -14,17 +14,18 @@
 
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
 import lru_local
+from experiments.benchmarks import timing
 from experiments.configs import enwik8_depth as depth_config
-from experiments.enwik8_depth import lane_chunk, model_config, study_trainer, trainer_label
+from experiments.enwik8_depth import model_config, study_trainer
+from experiments.reports.enwik8_depth import trainer_label
 from experiments.results import markdown_table
+from experiments.runner import lanes_program
 
 _STEPS = flags.DEFINE_integer("steps", 5, "Training steps per timed chunk.")
 _DEPTH = flags.DEFINE_integer("depth", 4, "Layers L.")
@@ -32,29 +33,21 @@ _MEMORY = flags.DEFINE_bool("memory", False, "Also report compiled memory per tr
 
 
 def lane_runs(trainer, cfg, batches, layouts: dict, rounds: int = 5) -> dict:
-    """Median seconds per call of the study's lane runner for each layout {name: (lanes, b)}.
-
-    All layouts are compiled first, then timed round-robin (one call each per round) so that
-    machine noise hits them alike; the ratios are then comparable within one run.
-    """
+    """Median seconds per call of the runner's lane program for each layout {name: (lanes, g)}
+    (g = 0: one vmap; g > 0: lax.map over lanes, g at a time), timed round-robin."""
 
     def init(seed):
         key = jax.random.fold_in(jax.random.PRNGKey(0), seed)
         return trainer.init(jax.random.fold_in(key, 1), lru_local.init(key, cfg))
 
     calls = {}
-    for name, (lanes, seed_batch) in layouts.items():
-        run = jax.jit(lane_chunk(trainer, seed_batch))
-        args = (jax.vmap(init)(jnp.arange(lanes)), batches, jnp.full((lanes,), 3e-3))
-        jax.block_until_ready(run(*args))  # compile + warm up
-        calls[name] = (run, args)
-    times = {name: [] for name in layouts}
-    for _ in range(rounds):
-        for name, (run, args) in calls.items():
-            start = time.perf_counter()
-            jax.block_until_ready(run(*args))
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    for name, (lanes, group) in layouts.items():
+        program = jax.jit(lanes_program(trainer.step, group=group))
+        calls[name] = (
+            program,
+            (jax.vmap(init)(jnp.arange(lanes)), jnp.full((lanes,), 3e-3), batches),
+        )
+    return {name: median for name, (_, median) in timing.round_robin(calls, rounds).items()}
 
 
 def vmap_table(config, depth: int, steps: int) -> str:

@@ -40,7 +40,6 @@ an estimated 15–25 min, not yet measured on an idle machine.
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import jax
@@ -106,23 +105,6 @@ def jm_flops_per_step(n: int, n_in: int = N_IN) -> int:
 def m_bytes(n: int, n_in: int = N_IN, itemsize: int = 4) -> int:
     """Size of the sensitivity tensor M [n, n, m] (m = n + n_in + 1)."""
     return n * n * (n + n_in + 1) * itemsize
-
-
-def time_round_robin(calls: dict, repeats: int) -> dict:
-    """{name: (best, median) seconds} of each `fn(*args)` in calls {name: (fn, args)}.
-
-    Every program is compiled and warmed up first, then the programs are called in turn,
-    `repeats` rounds, blocking on each result, so that machine noise hits them alike.
-    """
-    for fn, args in calls.values():
-        jax.block_until_ready(fn(*args))
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, (fn, args) in calls.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            times[name].append(time.perf_counter() - start)
-    return {name: (min(t), statistics.median(t)) for name, t in times.items()}
 
 
 def _naive_gather(W_rec, M_h, idx):
@@ -229,7 +211,7 @@ def time_algorithms(
         single = jax.jit(scanned_grads(algo, traces, f"{label} / single"))
         batched = jax.jit(jax.vmap(scanned_grads(algo, traces, f"{label} / vmap")))
         one = (_first(params), _first(states), xs[0], ys[0])
-        timed = time_round_robin(
+        timed = timing.round_robin(
             {"single": (single, one), "vmap": (batched, (params, states, xs, ys))}, repeats
         )
         rows[label] = _row(timed, steps, seeds)
@@ -239,7 +221,7 @@ def time_algorithms(
     batched = jax.jit(jax.vmap(whole_sequence_bptt(cell, traces, f"{BPTT} / vmap")))
     one = (_first(params), xs[0], ys[0])
     calls = {"single": (single, one), "vmap": (batched, (params, xs, ys))}
-    timed = time_round_robin(calls, repeats)
+    timed = timing.round_robin(calls, repeats)
     rows[BPTT] = _row(timed, steps, seeds)
     grads[BPTT] = single(*one)[0]
     print(f"  {cell_name} n={n} {BPTT}: {rows[BPTT]['us_per_step']:.1f} µs/step", flush=True)
@@ -274,7 +256,7 @@ def matmul_floor(n: int, steps: int, repeats: int, n_in: int = N_IN) -> float:
     def run(q, M):
         return jax.lax.scan(lambda M, _: (q @ M, None), M, None, length=steps)[0]
 
-    return time_round_robin({"matmul": (run, (q, M))}, repeats)["matmul"][0] / steps
+    return timing.round_robin({"matmul": (run, (q, M))}, repeats)["matmul"][0] / steps
 
 
 def m_touch_floor(n: int, steps: int, decay: float, repeats: int, n_in: int = N_IN) -> float:
@@ -296,7 +278,7 @@ def m_touch_floor(n: int, steps: int, decay: float, repeats: int, n_in: int = N_
 
         return jax.lax.scan(body, M, (ds, vs))[0]
 
-    return time_round_robin({"touch": (run, (M, ds, vs))}, repeats)["touch"][0] / steps
+    return timing.round_robin({"touch": (run, (M, ds, vs))}, repeats)["touch"][0] / steps
 
 
 def peak_matmul_gflops(size: int = BIG_MATMUL) -> float:

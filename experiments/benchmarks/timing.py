@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import jax
@@ -38,3 +39,21 @@ def streaming_bandwidth(n_bytes: int, steps: int = 64) -> float:
         return jax.lax.scan(body, x, None, length=steps)[0]
 
     return 2 * x.nbytes * steps / seconds_per_call(touch, x)
+
+
+def round_robin(calls: dict, repeats: int) -> dict:
+    """{name: (best, median) seconds} of each `fn(*args)` in calls {name: (fn, args)}.
+
+    Every program is compiled and warmed up first, then the programs are called in turn,
+    `repeats` rounds, blocking on each result, so that machine noise hits them alike and their
+    ratios are comparable within one run.
+    """
+    for fn, args in calls.values():
+        jax.block_until_ready(fn(*args))
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, (fn, args) in calls.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[name].append(time.perf_counter() - start)
+    return {name: (min(t), statistics.median(t)) for name, t in times.items()}

@@ -52,7 +52,11 @@ Fields (overrides like `--config.steps=500`; unknown keys are rejected):
     softmax); "gelu" makes it y = GELU(Re(C s)) + D u (traces stay exact).
 """
 
+import math
+
 import ml_collections
+
+from lru_local.training import TRAINERS
 
 PRESETS = ("smoke", "quick", "cpu", "paper")
 
@@ -154,3 +158,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval.update({"streams": 64, "window": 1024})
         c.model.update({"d_model": 256, "d_state": 256})
     return c
+
+
+def check(config) -> None:
+    """Value checks the locked ConfigDict cannot do; each error names the field to fix."""
+    unknown = [t for t in config.trainers if t not in TRAINERS]
+    if unknown or not config.trainers:
+        raise ValueError(f"config.trainers={list(config.trainers)}: choose from {list(TRAINERS)}")
+    for name, value in config.seed_batch.items():
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"config.seed_batch.{name} must be an int >= 0, got {value!r}")
+    for name in ("steps", "chunk_steps", "batch_size", "seq_len", "num_seeds"):
+        value = config[name]
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"config.{name} must be a positive int, got {value!r}")
+    if not config.depths or any(not isinstance(d, int) or d < 1 for d in config.depths):
+        raise ValueError(f"config.depths must be positive ints, got {list(config.depths)}")
+    probe = config.lr_probe
+    if not probe.grid or any(not (lr > 0 and math.isfinite(lr)) for lr in probe.grid):
+        raise ValueError(f"config.lr_probe.grid must be positive numbers, got {list(probe.grid)}")
+    if not probe.depths or any(not isinstance(d, int) or d < 1 for d in probe.depths):
+        raise ValueError(f"config.lr_probe.depths must be positive ints, got {probe.depths}")

@@ -163,3 +163,20 @@ def random_windows(split: np.ndarray, batch: int, length: int, seed: int, step: 
     rng = np.random.default_rng([seed, step])
     starts = rng.integers(0, split.size - length + 1, size=batch)
     return np.stack([split[s : s + length] for s in starts]).astype(np.int32)
+
+
+def eval_streams(split: np.ndarray, n_streams: int, window: int, cap: int):
+    """The first `cap` bytes of a split (all if cap = 0) as n_streams contiguous rows.
+
+    Row i is bytes [i·M, (i+1)·M] (M + 1 bytes, M a multiple of window), so the S·M scored
+    predictions are bytes 1 .. S·M of the split, each exactly once. Returns (int32 [S, M+1], S·M).
+    """
+    available = split.size if cap == 0 else min(cap, split.size)
+    per_stream = (available - 1) // n_streams // window * window
+    if per_stream < window:
+        raise ValueError(
+            f"an evaluation split of {available:,} bytes cannot fill {n_streams} streams of one "
+            f"{window}-byte window; lower eval.streams / eval.window or raise the byte cap"
+        )
+    rows = [split[i * per_stream : (i + 1) * per_stream + 1] for i in range(n_streams)]
+    return np.stack(rows).astype(np.int32), n_streams * per_stream

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import checkpoint, enwik8_depth, results
+from experiments import checkpoint, enwik8_depth, results, runner
 from experiments.configs import enwik8_depth as depth_config
+from experiments.data import text
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_FILE = REPO / "experiments" / "configs" / "enwik8_depth.py"
@@ -56,7 +57,7 @@ def test_smoke_writes_every_output_with_finite_bpb(smoke):
     for depth in config.depths:
         assert table.count(f"\n| {depth} | ") == 2  # a valid row and a test row
         for trainer in config.trainers:
-            cell = summary["cells"][f"train/{trainer}/depth{depth}"]
+            cell = summary["runs"][f"train/{trainer}/depth{depth}"]
             bpb = np.asarray(cell["valid_bpb"] + cell["test_bpb"])
             assert bpb.shape == (2 * config.num_seeds,) and np.all(np.isfinite(bpb))
             assert np.all((bpb > 1.0) & (bpb < 10.0))
@@ -90,7 +91,7 @@ def test_both_trainers_see_identical_batches(smoke):
 def test_depth_one_trainers_agree(smoke):
     """Depth 1: both trainers follow the same gradient, so the final bpb agree within 0.01."""
     _, _, summary = smoke
-    bptt, local = summary["cells"]["train/bptt/depth1"], summary["cells"]["train/local/depth1"]
+    bptt, local = summary["runs"]["train/bptt/depth1"], summary["runs"]["train/local/depth1"]
     assert bptt["lr"] == local["lr"]
     np.testing.assert_allclose(local["valid_bpb"], bptt["valid_bpb"], atol=0.01)
     np.testing.assert_allclose(local["test_bpb"], bptt["test_bpb"], atol=0.01)
@@ -99,10 +100,10 @@ def test_depth_one_trainers_agree(smoke):
 def test_finished_sweep_reprints_its_table_without_training(smoke, capsys, monkeypatch):
     config, workdir, summary = smoke
 
-    def fail(self):
+    def fail(self, run):
         raise AssertionError("a finished sweep must not train again")
 
-    monkeypatch.setattr(enwik8_depth.Sweep, "run", fail)
+    monkeypatch.setattr(runner.Runner, "run", fail)
     capsys.readouterr()
     again = enwik8_depth.run(config, workdir)
     assert again == summary
@@ -149,13 +150,13 @@ def test_resume_after_sigkill_and_a_corrupt_checkpoint_gives_identical_results(
         resumed = enwik8_depth.run(config, workdir)
     # Killed inside a training cell (after at least one of its chunks), resumed from there.
     assert re.search(
-        r"resuming from ckpt-\d+\.msgpack: \d cells done, train/\w+/depth\d at chunk [12]",
+        r"resuming from ckpt-\d+\.msgpack: \d runs done, train/\w+/depth\d at step [36]",
         capsys.readouterr().out,
     )
-    assert resumed["cells"].keys() == reference["cells"].keys()
-    for cell_id, cell in reference["cells"].items():
+    assert resumed["runs"].keys() == reference["runs"].keys()
+    for cell_id, cell in reference["runs"].items():
         for field in ("valid_bpb", "test_bpb", "winner", "lr"):
-            assert resumed["cells"][cell_id].get(field) == cell.get(field), (cell_id, field)
+            assert resumed["runs"][cell_id].get(field) == cell.get(field), (cell_id, field)
     assert _comparable(results.read_jsonl(workdir / "metrics.jsonl")) == _comparable(
         results.read_jsonl(reference_dir / "metrics.jsonl")
     )
@@ -174,23 +175,32 @@ def test_truncated_bptt_and_online_trainers_run_in_the_sweep(tmp_path, monkeypat
     assert "tbptt (w=4) (bpb)" in table and "online (k=4) (bpb)" in table
     assert "gap" not in table.split("\n\n")[2]  # no BPTT/local pair, so no gap column
     for trainer in config.trainers:
-        assert np.all(np.isfinite(summary["cells"][f"train/{trainer}/depth2"]["valid_bpb"]))
+        assert np.all(np.isfinite(summary["runs"][f"train/{trainer}/depth2"]["valid_bpb"]))
 
 
-def test_non_finite_loss_names_trainer_depth_step_and_quantity(tmp_path):
-    sweep = enwik8_depth.Sweep(depth_config.get_config("smoke"), tmp_path)
-    cell = enwik8_depth.Cell("train", "local", 4, (3e-3, 3e-3), (0, 1), 6)
+def test_non_finite_loss_names_trainer_depth_step_and_quantity(tmp_path, monkeypatch):
+    monkeypatch.delenv("ENWIK8", raising=False)
+    monkeypatch.chdir(tmp_path)
+    config = depth_config.get_config("smoke")
+    run_dir = runner.Runner(config.to_dict(), tmp_path)
+    with pytest.warns(UserWarning, match="stand-in"):
+        study = enwik8_depth.DepthStudy(config, run_dir)
+    lanes = [{"seed": 0, "lr": 3e-3}, {"seed": 1, "lr": 3e-3}]
+    train = study.make_run("train", "local", 4, lanes, 6)
     metrics = {"loss": np.ones((2, 3)), "grad_norm": np.ones((2, 3))}
     metrics["grad_norm"][1, 2] = np.nan
+    diverged = np.full(2, -1)
     with pytest.raises(
         FloatingPointError,
-        match=r"non-finite training grad_norm \(nan\) in trainer 'local', depth 4, step 6 "
+        match=r"non-finite grad_norm \(nan\) in train local depth 4, step 6 "
         r"\(seed 1, lr 0.003\): lower the learning rate",
     ):
-        sweep._check_finite(cell, metrics, first=3)
-    probe = enwik8_depth.Cell("probe", "local", 4, (3e-3, 1.0), (0, 0), 6)
-    diverged = sweep._check_finite(probe, metrics, first=3)  # a probe only marks the lane
-    assert diverged.tolist() == [False, True]
+        run_dir._check_finite(train, metrics, 3, diverged)
+    probe = study.make_run(
+        "probe", "local", 4, [{"seed": 0, "lr": 3e-3}, {"seed": 0, "lr": 1.0}], 6
+    )
+    run_dir._check_finite(probe, metrics, 3, diverged)  # a probe only marks the lane
+    assert diverged.tolist() == [-1, 6]
 
 
 def test_bad_configs_are_rejected_with_the_field_to_fix(tmp_path):
@@ -237,22 +247,48 @@ def test_another_configs_checkpoint_is_not_resumed(tmp_path):
     other = config.to_dict()
     other["steps"] = 999
     checkpoint.save(tmp_path / "checkpoint", {"config": other, "done": {}})
-    with pytest.raises(ValueError, match="holds a run with a different config"):
+    with pytest.raises(ValueError, match="written by another config"):
         enwik8_depth.run(config, tmp_path)
 
 
 def test_eval_streams_cover_each_byte_once_and_reject_tiny_splits():
     split = np.arange(1000, dtype=np.int64).astype(np.uint8)
-    streams, n_scored = enwik8_depth.eval_streams(split, n_streams=3, window=10, cap=0)
+    streams, n_scored = text.eval_streams(split, n_streams=3, window=10, cap=0)
     assert streams.shape == (3, 331) and n_scored == 990
     predicted = np.concatenate([np.arange(1000)[1 + 330 * i : 331 + 330 * i] for i in range(3)])
     assert np.array_equal(streams[:, 1:].ravel(), predicted.astype(np.uint8))
-    _, capped = enwik8_depth.eval_streams(split, n_streams=3, window=10, cap=500)
+    _, capped = text.eval_streams(split, n_streams=3, window=10, cap=500)
     assert capped == 480
     with pytest.raises(ValueError, match="cannot fill 3 streams of one 400-byte window"):
-        enwik8_depth.eval_streams(split, n_streams=3, window=400, cap=0)
+        text.eval_streams(split, n_streams=3, window=400, cap=0)
 
 
 def test_saved_config_json_matches_the_run(smoke):
     config, workdir, _ = smoke
     assert json.loads((workdir / "config.json").read_text()) == config.to_dict()
+
+
+def test_eight_devices_give_the_one_device_numbers(smoke, tmp_path):
+    """The smoke sweep with its lanes sharded over an 8-device CPU mesh (2 or 4 lanes, padded)."""
+    _, _, reference = smoke
+    env = {
+        **os.environ,
+        "JAX_ENABLE_X64": "1",
+        "PYTHONPATH": str(REPO),
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+    }
+    env.pop("ENWIK8", None)
+    workdir = tmp_path / "mesh8"
+    cmd = [sys.executable, "-m", "experiments.enwik8_depth", f"--config={CONFIG_FILE}:smoke"]
+    proc = subprocess.run(
+        [*cmd, f"--workdir={workdir}"], cwd=tmp_path, env=env, capture_output=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["runtime"]["devices"] == 8
+    for run_id, run in reference["runs"].items():
+        got = summary["runs"][run_id]
+        assert got.get("winner") == run.get("winner") and got.get("lr") == run.get("lr")
+        for field in ("valid_bpb", "test_bpb"):
+            if field in run:
+                np.testing.assert_allclose(got[field], run[field], rtol=1e-5, err_msg=run_id)

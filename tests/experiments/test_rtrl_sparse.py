@@ -2,11 +2,15 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from experiments import rtrl_sparse
+from experiments import rtrl_sparse, runner
 from experiments.configs import rtrl_sparse as presets
 
 
@@ -58,7 +62,7 @@ def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
     full = rtrl_sparse.run(config, tmp_path / "full")
 
     calls = {"n": 0}
-    real_save = rtrl_sparse.checkpoint.save
+    real_save = runner.checkpoint.save
 
     def crash_after_some_chunks(*args, **kwargs):
         path = real_save(*args, **kwargs)
@@ -67,10 +71,10 @@ def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return path
 
-    monkeypatch.setattr(rtrl_sparse.checkpoint, "save", crash_after_some_chunks)
+    monkeypatch.setattr(runner.checkpoint, "save", crash_after_some_chunks)
     with pytest.raises(KeyboardInterrupt):
         rtrl_sparse.run(config, tmp_path / "resumed")
-    monkeypatch.setattr(rtrl_sparse.checkpoint, "save", real_save)
+    monkeypatch.setattr(runner.checkpoint, "save", real_save)
     resumed = rtrl_sparse.run(config, tmp_path / "resumed")
     assert rtrl_sparse.run(config, tmp_path / "resumed") == resumed  # finished: re-read, not rerun
     for name, setting in full["settings"].items():
@@ -101,3 +105,29 @@ def test_bad_presets_and_overrides_fail_clearly(tmp_path):
     other = presets.get_config("table5_smoke")
     with pytest.raises(ValueError, match="another config"):
         rtrl_sparse.run(other, tmp_path / "d")
+
+
+def test_eight_devices_give_the_one_device_numbers(tmp_path):
+    """table3_smoke with its 2 seed lanes sharded over an 8-device CPU mesh (padded to 8)."""
+    reference = rtrl_sparse.run(presets.get_config("table3_smoke"), tmp_path / "one")
+    repo = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "JAX_ENABLE_X64": "1",
+        "PYTHONPATH": str(repo),
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+    }
+    config_file = repo / "experiments" / "configs" / "rtrl_sparse.py"
+    cmd = [sys.executable, "-m", "experiments.rtrl_sparse", f"--config={config_file}:table3_smoke"]
+    proc = subprocess.run(
+        [*cmd, f"--workdir={tmp_path / 'mesh8'}"], cwd=tmp_path, env=env, capture_output=True
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    summary = json.loads((tmp_path / "mesh8" / "summary.json").read_text())
+    assert summary["runtime"]["devices"] == 8
+    for name, setting in reference["settings"].items():
+        for label, run in setting["methods"].items():
+            got = summary["settings"][name]["methods"][label]
+            for field in ("pre", "post", "cos_post", "cond"):
+                if field in run:
+                    np.testing.assert_allclose(got[field], run[field], rtol=1e-4, err_msg=label)

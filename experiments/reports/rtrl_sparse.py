@@ -1,0 +1,300 @@
+"""The sparse-RTRL study's report: per-run summaries, table.md, summary.json, mse_<setting>.png."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from experiments import plots, results, runner
+from rtrl import metrics, tasks
+
+
+def task_spec(setting) -> tasks.TaskSpec:
+    return tasks.get(setting["task"], **setting["task_options"])
+
+
+def seeds_of(config, setting) -> list[int]:
+    return list(setting.get("seeds") or config.seeds)
+
+
+def label(config, work) -> str:
+    setting = config.settings[work["setting"]]
+    method = setting["methods"][work["method"]]
+    lr = f" lr={work['lr']:g}" if method.get("lrs") else ""
+    return f"[{setting['name']}] {method['label']}{lr}"
+
+
+def data_note(config) -> str:
+    return (
+        "Synthetic streams generated from each seed (rtrl/tasks.py); vanilla tanh RNN unless "
+        f"noted; Adam lr {config.lr:g}, one update per step; seeds {list(config.seeds)} unless "
+        f"noted. Pre-shift MSE: mean online loss over the {config.window} steps before the "
+        f"shift; post-shift: over the last {config.window} steps (multi-regime: before the "
+        "second shift). R = (log L_floor − log L_k)/(log L_floor − log L_full), per seed."
+    )
+
+
+def run_summary(config, setting, work, store, data) -> dict:
+    """One run's JSON summary from its records: pre/post-shift loss per seed, divergence,
+    gradient diagnostics, Jacobian spectra, or the copy / adding score."""
+    spec, loss, window = task_spec(setting), store["loss"], config.window
+    finite = np.all(np.isfinite(loss), axis=1)
+    out = {"lr": work["lr"], "diverged": (~finite).astype(int).tolist()}
+    if setting["metric"] in ("shift", "first_shift"):
+        shift = spec.shifts[0]
+        with np.errstate(invalid="ignore"):
+            if setting["metric"] == "shift":
+                pre, post = metrics.pre_post_mse(loss, shift, window)
+            else:
+                pre = metrics.window_mean(loss, shift - window, shift)
+                post = metrics.first_shift_post(loss, shift, spec.shifts[1], window)
+        out["pre"], out["post"] = np.asarray(pre).tolist(), np.asarray(post).tolist()
+        cos = store["cosine"]
+        if np.isfinite(cos).any():
+            out["cos_pre"] = np.nanmean(cos[:, shift - window : shift], axis=1).tolist()
+            out["cos_post"] = np.nanmean(cos[:, shift : shift + window], axis=1).tolist()
+            out["ratio_median"] = np.nanmedian(store["ratio"], axis=1).tolist()
+        if "chunk/cond" in store:
+            cond = store["chunk/cond"]
+            out["eff_rank"] = np.nanmean(store["chunk/eff_rank"], axis=1).tolist()
+            out["cond"] = np.nanmean(cond, axis=1).tolist()
+            out["cond_range"] = [float(np.nanmin(cond)), float(np.nanmax(cond))]
+    elif setting["metric"] == "copy":
+        steps = 2 * setting["task_options"].get("seq_len", 5) * config.copy_eval_episodes
+        acc = metrics.copy_accuracy(
+            store["prediction"], np.asarray(data.ys), np.asarray(data.weights), steps
+        )
+        out["post"] = np.asarray(acc).tolist()
+    else:  # adding
+        steps = setting["task_options"].get("episode_len", 50) * config.adding_eval_episodes
+        w = np.asarray(data.weights)[:, -steps:]
+        out["post"] = (np.sum(loss[:, -steps:] * w, axis=1) / np.sum(w, axis=1)).tolist()
+    out["seconds"] = float(store["seconds"])
+    return out
+
+
+def pick_lr(runs: list[dict]) -> dict:
+    """The run with the lowest mean pre-shift MSE (selection never looks after the shift)."""
+    if len(runs) == 1:
+        return runs[0]
+    key = "pre" if "pre" in runs[0] else "post"
+    best = dict(runs[metrics.lowest_pre_shift([r[key] for r in runs])])
+    best["lr_selected_by"] = "lowest mean pre-shift MSE"
+    return best
+
+
+def add_recovery(setting, chosen) -> None:
+    """R per seed (each seed against its own floor and full run) and R_gm of the geometric means
+    over seeds, against the setting's floor and, where present, traces γ=0.95."""
+    full = chosen.get(setting.get("full") or "", {}).get("post")
+    if full is None or setting["metric"] not in ("shift", "first_shift"):
+        return
+    floors = {"R": chosen.get(setting["floor"], {}).get("post")}
+    if "traces γ=0.95" in chosen:
+        floors["R_traces095"] = chosen["traces γ=0.95"]["post"]
+    for run in chosen.values():
+        for name, floor in floors.items():
+            if floor is not None:
+                per_seed, geo = metrics.recovery(floor, run["post"], full)
+                run[name], run[name + "_gm"] = per_seed.tolist(), geo
+
+
+def write(config, runner_: runner.Runner, todo, done) -> tuple[str, dict]:
+    """(table.md text, summary) of the finished runs; draws one plot per setting."""
+    summary = {"preset": config.preset, "title": config.title, "settings": {}}
+    tables = [f"# {config.title}\n", data_note(config), ""]
+    for si, setting in enumerate(config.settings):
+        per_method = {}
+        mine = [w for w in todo if w["setting"] == si]
+        for work in mine:
+            method = setting["methods"][work["method"]]
+            per_method.setdefault(method["label"], []).append(done[work["id"]])
+        chosen = {name: pick_lr(runs) for name, runs in per_method.items()}
+        add_recovery(setting, chosen)
+        summary["settings"][setting["name"]] = {
+            "seeds": seeds_of(config, setting),
+            "methods": chosen,
+            "lr_sweep": {k: v for k, v in per_method.items() if len(v) > 1},
+        }
+        tables.append(setting_table(config, setting, chosen, per_method))
+        plot(config, runner_, setting, mine)
+    return "\n".join(tables), summary
+
+
+def plot(config, runner_, setting, mine) -> None:
+    spec = task_spec(setting)
+    block = config.plot_block
+    series = {}
+    for work in mine:
+        method = setting["methods"][work["method"]]
+        if method.get("lrs") and work["lr"] != config.lr:
+            continue
+        if spec.loss == "mse" and setting["metric"] == "adding":
+            continue
+        loss = runner_.records(work["id"])["loss"]
+        T = loss.shape[1] - loss.shape[1] % block
+        smooth = loss[:, :T].reshape(loss.shape[0], -1, block).mean(axis=2)
+        x = np.arange(smooth.shape[1]) * block + block / 2
+        series[method["label"]] = (x, np.nanmean(smooth, axis=0), None)
+    if series:
+        plots.line_plot(
+            runner_.workdir / f"mse_{runner.slug(setting['name'])}.png",
+            series,
+            xlabel="step",
+            ylabel=f"online loss ({block}-step mean, mean over seeds)",
+            title=f"{config.title}: {setting['name']}",
+            marker=None,
+            logy=True,
+            vlines=spec.shifts,
+        )
+
+
+def _fmt(x, digits=4) -> str:
+    if x is None or not np.isfinite(x):
+        return "nan"
+    return f"{x:.{digits}g}"
+
+
+def _mean_sd(values) -> str:
+    return results.mean_std(values, ".3g", ".2g", finite_only=True)
+
+
+def _nanmean(values) -> float:
+    arr = np.asarray(values, np.float64)
+    arr = arr[np.isfinite(arr)]
+    return float(arr.mean()) if arr.size else float("inf")
+
+
+def _recovery(run, name) -> str:
+    if name not in run:
+        return ""
+    per_seed = np.asarray(run[name], np.float64)
+    median = np.median(per_seed[np.isfinite(per_seed)]) if np.isfinite(per_seed).any() else np.nan
+    return f"{_fmt(100 * run[name + '_gm'], 3)}% [{_fmt(100 * median, 3)}%]"
+
+
+def _pre_post(run) -> str:
+    return f"{_fmt(_nanmean(run['pre']), 3)} / {_fmt(_nanmean(run['post']), 3)}"
+
+
+def setting_table(config, setting, chosen, per_method) -> str:
+    metric = setting["metric"]
+    lines = [
+        f"## {setting['name']} ({setting['cell']}, n={setting['n_hidden']}, "
+        f"{len(seeds_of(config, setting))} seeds)\n"
+    ]
+    if metric in ("shift", "first_shift"):
+        headers = [
+            "method",
+            "pre-shift MSE",
+            "post-shift MSE",
+            "CV(post)",
+            "R vs k=0: geo-mean [per-seed median]",
+            "R vs traces γ=0.95: geo-mean [median]",
+            "cos vs full (pre / post)",
+            "|g|/|g_full|",
+            "diverged",
+            "paper",
+        ]
+        rows = []
+        for label, run in chosen.items():
+            method = next(m for m in setting["methods"] if m["label"] == label)
+            post = np.asarray(run["post"], np.float64)
+            cv = (
+                metrics.coefficient_of_variation(post[np.isfinite(post)])
+                if np.isfinite(post).any()
+                else float("nan")
+            )
+            cos = (
+                "n/a"
+                if "cos_pre" not in run
+                else f"{_fmt(_nanmean(run['cos_pre']), 3)} / {_fmt(_nanmean(run['cos_post']), 3)}"
+            )
+            ratio = "n/a" if "ratio_median" not in run else _fmt(_nanmean(run["ratio_median"]), 3)
+            name = label + (f" (lr {run['lr']:g})" if method.get("lrs") else "")
+            rows.append(
+                [
+                    name,
+                    _mean_sd(run["pre"]),
+                    _mean_sd(run["post"]),
+                    f"{100 * float(cv):.0f}%",
+                    _recovery(run, "R"),
+                    _recovery(run, "R_traces095"),
+                    cos,
+                    ratio,
+                    f"{sum(run['diverged'])}/{len(run['diverged'])}",
+                    method.get("paper") or "",
+                ]
+            )
+        lines.append(results.markdown_table(headers, rows))
+        spectra = [(label, run) for label, run in chosen.items() if "cond" in run]
+        if spectra:
+            lines.append(
+                "\nJacobian spectrum of M (SVD of M reshaped n × P, sampled every "
+                f"{setting.get('spectrum_every')} steps):\n"
+            )
+            lines.append(
+                results.markdown_table(
+                    ["method", "effective rank (95%)", "condition number", "cond range"],
+                    [
+                        [
+                            label,
+                            _mean_sd(run["eff_rank"]),
+                            _mean_sd(run["cond"]),
+                            f"{run['cond_range'][0]:.3g}–{run['cond_range'][1]:.3g}",
+                        ]
+                        for label, run in spectra
+                    ],
+                )
+            )
+        sweeps = {k: v for k, v in per_method.items() if len(v) > 1}
+        if sweeps:
+            lines.append(
+                "\nLearning-rate sweep (post-shift MSE per lr; the lr with the lowest "
+                "mean pre-shift MSE is used above):\n"
+            )
+            lrs = sorted({r["lr"] for v in sweeps.values() for r in v})
+            lines.append(
+                results.markdown_table(
+                    ["method"] + [f"lr {lr:g}: pre / post" for lr in lrs],
+                    [
+                        [k]
+                        + [
+                            next(
+                                (_pre_post(r) for r in v if r["lr"] == lr),
+                                "",
+                            )
+                            for lr in lrs
+                        ]
+                        for k, v in sweeps.items()
+                    ],
+                )
+            )
+        if setting.get("per_seed_paper"):
+            lines.append(
+                "\nPer seed, post-shift MSE, ours / paper (seed labels only: our PRNG differs):\n"
+            )
+            labels = [k for k in next(iter(setting["per_seed_paper"].values())) if k in chosen]
+            rows = []
+            for s_i, seed in enumerate(seeds_of(config, setting)):
+                paper = setting["per_seed_paper"].get(str(seed), {})
+                rows.append(
+                    [str(seed)]
+                    + [f"{_fmt(chosen[k]['post'][s_i], 3)} / {paper.get(k, '')}" for k in labels]
+                )
+            lines.append(results.markdown_table(["seed"] + labels, rows))
+    else:
+        what = "accuracy (last episodes)" if metric == "copy" else "MSE at the scored steps"
+        headers = ["method", what, "diverged", "paper"]
+        rows = [
+            [
+                label,
+                _mean_sd(run["post"]),
+                f"{sum(run['diverged'])}/{len(run['diverged'])}",
+                next(m for m in setting["methods"] if m["label"] == label).get("paper") or "",
+            ]
+            for label, run in chosen.items()
+        ]
+        trivial = "chance 0.125" if metric == "copy" else "predict-the-mean 0.167"
+        rows.append(["trivial baseline", trivial, "", trivial.split()[-1]])
+        lines.append(results.markdown_table(headers, rows))
+    return "\n".join(lines)
