@@ -2,12 +2,13 @@
 
 Public API (see each function's docstring for shapes and equations):
     Config, init, apply, bptt_grads, local_grads, local_grads_autodiff, local_grads_jvp,
-    online_init, online_step, bits_per_byte, describe_losses.
+    online_init, online_step, bits_per_byte, describe_losses; `rules` (the gradient engines as
+    learning rules: bptt, local, tbptt, online) and `training` (a rule plus an optimizer).
 """
 
 import jax
 
-from lru_local import model, validation
+from lru_local import model, rules, validation
 from lru_local.bptt import bits_per_byte, bptt_grads, describe_losses
 from lru_local.config import Config
 from lru_local.model import init
@@ -36,4 +37,5 @@ __all__ = [
     "local_grads_jvp",
     "online_init",
     "online_step",
+    "rules",
 ]
