@@ -22,14 +22,9 @@ import numpy as np
 import lru_local
 from experiments import cli, plots, results
 from experiments.data import text
+from rtrl.metrics import gradient_cosine
 
 SHARED = ("nu_log", "theta", "B_re", "B_im", "C_re", "C_im", "D")
-
-
-def _cosine(a: list, b: list) -> jax.Array:
-    a = jnp.concatenate([x.ravel() for x in a])
-    b = jnp.concatenate([x.ravel() for x in b])
-    return jnp.vdot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b))
 
 
 def _owned(grads: dict, ell: int, depth: int) -> list:
@@ -51,19 +46,17 @@ def make_alignment(cfg: lru_local.Config):
         def shared(g, layers):
             return [g["layers"][ell][name] for ell in layers for name in SHARED]
 
-        vs_bptt = [_cosine(shared(local, [ell]), shared(bptt, [ell])) for ell in range(cfg.depth)]
-        stack = _cosine(shared(local, range(cfg.depth)), shared(bptt, range(cfg.depth)))
+        vs_bptt = [
+            gradient_cosine(shared(local, [ell]), shared(bptt, [ell])) for ell in range(cfg.depth)
+        ]
+        stack = gradient_cosine(shared(local, range(cfg.depth)), shared(bptt, range(cfg.depth)))
         vs_autodiff = [
-            _cosine(_owned(local, ell, cfg.depth), _owned(autodiff, ell, cfg.depth))
+            gradient_cosine(_owned(local, ell, cfg.depth), _owned(autodiff, ell, cfg.depth))
             for ell in range(cfg.depth)
         ]
         return jnp.stack(vs_bptt), stack, jnp.stack(vs_autodiff)
 
     return jax.jit(jax.vmap(one_seed, in_axes=(0, None)))
-
-
-def _mean_std(values: np.ndarray) -> str:
-    return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
 
 
 def run(config, workdir: str | Path) -> dict:
@@ -121,10 +114,10 @@ def run(config, workdir: str | Path) -> dict:
     table_rows = []
     for depth, values in zip(config.depths, per_depth.values(), strict=True):
         vs_bptt = np.asarray(values["vs_bptt"])
-        cells = [_mean_std(vs_bptt[:, ell]) for ell in range(depth)]
-        cells += [""] * (max_depth - depth)
-        stack = _mean_std(np.asarray(values["stack_vs_bptt"]))
-        table_rows.append([depth, *cells, stack, f"{np.min(values['vs_autodiff']):.4f}"])
+        entries = [results.mean_std(vs_bptt[:, ell], ".4f") for ell in range(depth)]
+        entries += [""] * (max_depth - depth)
+        stack = results.mean_std(np.asarray(values["stack_vs_bptt"]), ".4f")
+        table_rows.append([depth, *entries, stack, f"{np.min(values['vs_autodiff']):.4f}"])
     model = config.model
     table = (
         f"{corpus.describe()}\n\n"
