@@ -68,10 +68,13 @@ def _sensitivity_algorithm(
 
     `ring` (signed offsets, () for traces) says that P_t only reaches ring neighbours; then the
     update and the contraction run as one in-place pass over M, same values, one read and one
-    write of M per step: on a CPU the `rtrl.native` kernel where it supports the cell, otherwise
-    (other platforms, no C++ compiler), when M is large enough to be split in blocks, the XLA
-    program of `rtrl.sweep`. `native_kernel`: None uses the kernel where it applies and
-    is built, False never, True insists (an error if it cannot be built or does not apply).
+    write of M per step: where the default backend is a CPU the `rtrl.native` kernel if it
+    supports the cell, otherwise (other backends, no C++ compiler), when M is large enough to be
+    split in blocks, the XLA program of `rtrl.sweep`. `native_kernel`: None uses the kernel where
+    it applies and is available (decided when the step is traced, so nothing is built on other
+    backends), False never, True insists (an error if it cannot be used or does not apply).
+    Differentiating through the step (jax.grad of a function of `step`) differentiates the XLA
+    program while the primal stays on the kernel (`_kernel_sweep`).
     """
     loss_fn = losses.get(loss)
     n, R = cell.n_hidden, cell.n_rows
@@ -85,10 +88,10 @@ def _sensitivity_algorithm(
         raise ValueError(
             "native_kernel=True needs traces or ring-sparse RTRL with the gather impl (k <= n / 4"
             " by default), a cell the kernel supports (rtrl.native.supports: vanilla, or LSTM with"
-            " k <= 8 and n a multiple of 4) and a built kernel (set native_kernel=None to fall"
-            " back to XLA)"
+            " k <= 8 and n a multiple of 4), a CPU backend and a built kernel (set"
+            " native_kernel=None to fall back to XLA)"
         )
-    use_native = applies and native_kernel is not False and native.available()
+    may_use_native = applies and native_kernel is not False
 
     def init(key, params):
         dtype = params["W_rec"].dtype
@@ -123,34 +126,52 @@ def _sensitivity_algorithm(
         coef = _add_to_hidden(cell, coef, extra_h)
         w = jnp.take_along_axis(params["W_rec"], idx, axis=1)  # [R, k]
 
-        def xla(M_prev, w, coef):
+        def xla(M_prev, w, coef, z, v, carry, W_rec, idx):
             if block is None:
-                M = _update(cell, params, state._replace(M=M_prev), z, v, idx, propagate, decay)
+                prev = SensitivityState(carry, M_prev, idx, None)
+                M = _update(cell, {"W_rec": W_rec}, prev, z, v, idx, propagate, decay)
                 pairs = zip(jax.tree.leaves(coef), jax.tree.leaves(M_prev), strict=True)
                 g_M = sum(jnp.einsum("i,iam->am", c, leaf) for c, leaf in pairs)
                 return M, g_M
-            return sweep.update_and_contract(
-                cell, z, state.carry, v, M_prev, coef, w, ring, decay, block
-            )
+            return sweep.update_and_contract(cell, z, carry, v, M_prev, coef, w, ring, decay, block)
 
-        if use_native:
-            A, B, E = native.step_coefficients(cell, z, state.carry, w, decay)
-
-            def kernel(M_prev, w, coef):
-                # The dtype XLA's program would promote to (mixed inputs), so both branches agree.
-                dtype = jnp.result_type(*jax.tree.leaves(M_prev), A, v)
-                M_prev = jax.tree.map(lambda leaf: leaf.astype(dtype), M_prev)
-                coef = jnp.stack(jax.tree.leaves(coef), axis=1)  # [n, L]
-                return native.ring_sweep(M_prev, A, B, E, v, coef, ring)
-
-            M, g_M = jax.lax.platform_dependent(state.M, w, coef, cpu=kernel, default=xla)
+        # Every array the sweep reads is an argument (none closed over), so that the kernel's
+        # custom_jvp sees every tangent.
+        args = (state.M, w, coef, z, v, state.carry, params["W_rec"], idx)
+        if may_use_native and native.available():  # at trace time: never builds off a CPU
+            M, g_M = _kernel_sweep(cell, ring, decay, xla)(*args)
         else:
-            M, g_M = xla(state.M, w, coef)
+            M, g_M = xla(*args)
         g_theta = jnp.outer(c_z, v) + g_M
         out = StepOutput(assemble(cell, g_theta, readout_grads), step_loss, pred)
         return SensitivityState(carry, M, idx, state.t + 1), out
 
     return Algorithm(name, init, step)
+
+
+def _kernel_sweep(cell, ring, decay, xla):
+    """`xla`'s (M_t, g_M) from the `rtrl.native` kernel on a CPU (`jax.lax.platform_dependent`:
+    the XLA program where the program is lowered for another platform), with the XLA program's
+    derivative: the custom call has no differentiation rule, so jvp (and through it grad) of a
+    step takes the tangent of the XLA program, same values, at the kernel's primal."""
+
+    def kernel(M_prev, w, coef, z, v, carry, W_rec, idx):
+        A, B, E = native.step_coefficients(cell, z, carry, w, decay)
+        # The dtype XLA's program would promote to (mixed inputs), so both branches agree.
+        dtype = jnp.result_type(*jax.tree.leaves(M_prev), A, v)
+        M_prev = jax.tree.map(lambda leaf: leaf.astype(dtype), M_prev)
+        coef = jnp.stack(jax.tree.leaves(coef), axis=1)  # [n, L]
+        return native.ring_sweep(M_prev, A, B, E, v, coef, ring)
+
+    @jax.custom_jvp
+    def swept(*args):
+        return jax.lax.platform_dependent(*args, cpu=kernel, default=xla)
+
+    @swept.defjvp
+    def _(primals, tangents):
+        return swept(*primals), jax.jvp(xla, primals, tangents)[1]
+
+    return swept
 
 
 def _update(cell, params, state, z, v, idx, propagate, decay):

@@ -20,12 +20,24 @@ splits M in column tiles over XLA's intra-op thread pool and keeps the rows stil
 (3.0 ms, 1.7×). The vanilla cell takes it for any ring offsets; the LSTM (two leaves) where the
 banded path applies: ring order, k <= 8, n a multiple of 4 (`supports`).
 
-The kernel is compiled on first use with the system's C++ compiler (`$CXX`, default g++) against
-the headers that ship with jaxlib, and cached under `$CREDIT_CACHE` (default ~/.cache/credit).
-`available()` is False, and callers use the XLA program instead, when there is no compiler, the
-build fails (a warning says why), or `CREDIT_NATIVE=0` is set. The custom call has no
-differentiation rule: to differentiate through an algorithm's step itself (not needed for
-training, the step computes gradients forward), build it with `native_kernel=False`.
+The kernel is used only where the default backend is a CPU (`jax.default_backend()`; inside a
+step, `jax.lax.platform_dependent` also keeps it out of programs lowered for another platform).
+Elsewhere nothing is compiled, nothing is printed, and callers run the XLA program. On a CPU it
+is compiled on first use (one line on stderr says what, about how long and where it goes) with
+the system's C++ compiler (`$CXX`, default g++) against the headers that ship with jaxlib, and
+cached under `$CREDIT_CACHE` (default ~/.cache/credit). `available()` is False, and callers use
+the XLA program instead, when `CREDIT_NATIVE=0` is set, the backend is not a CPU, or (with one
+warning that says why) jax lacks the `jax.ffi` API it needs (jax >= 0.5.0, `JAX_MIN`), there is
+no compiler, or the build or registration fails.
+
+The tiles of M are shared out to XLA's intra-op thread pool, but a call never waits on work that
+has not started: the calling thread runs every tile no helper has claimed and then waits only
+for the tiles that are running (see `Shared` in the source). So any number of concurrent calls
+(Python threads, independent calls XLA schedules at once, vmap) complete.
+
+The custom call has no differentiation rule of its own. The algorithms' steps give it one
+(`rtrl.forward`): under `jax.jvp`, `jax.grad` or `jax.linearize` the derivative is that of the
+XLA program (same values), while the primal still comes from the kernel.
 """
 
 import ctypes
@@ -36,6 +48,7 @@ import pathlib
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import warnings
 
@@ -46,6 +59,10 @@ import numpy as np
 SOURCE = pathlib.Path(__file__).with_name("native") / "ring_sweep.cc"
 TARGETS = {1: "credit_ring_sweep", 2: "credit_ring_sweep2"}  # by number of carry leaves
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c++17", "-w"]
+# The first jax with the `jax.ffi` module (before it: `jax.extend.ffi`; jax CHANGELOG, 0.5.0:
+# "The jax.extend.ffi submodule was moved to jax.ffi"), whose jaxlib headers have ffi::ThreadPool.
+JAX_MIN = "0.5.0"
+BUILD_SECONDS = 10  # g++ -O3 on this source, 2 cores: 8 s
 
 
 def _cache_dir() -> pathlib.Path:
@@ -81,7 +98,8 @@ def library_path() -> pathlib.Path:
 
 def build() -> pathlib.Path:
     """Compile the kernel if it is not cached yet; returns the shared library's path.
-    Raises RuntimeError (with the compiler's message) when it cannot be built."""
+    Raises RuntimeError (with the compiler's message) when it cannot be built. The first build
+    prints one line to stderr."""
     path = library_path()
     if path.exists():
         return path
@@ -89,6 +107,12 @@ def build() -> pathlib.Path:
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (install g++ or set $CXX)")
     path.parent.mkdir(parents=True, exist_ok=True)
+    print(
+        f"rtrl.native: compiling the CPU kernel {SOURCE.name} with {compiler} (once per source,"
+        f" compiler and CPU; about {BUILD_SECONDS} s), cached as {path}",
+        file=sys.stderr,
+        flush=True,
+    )
     # Build under a temporary name and rename: concurrent test workers may build at once.
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
@@ -102,25 +126,59 @@ def build() -> pathlib.Path:
 
 
 def available() -> bool:
-    """Whether the kernel may be used: not switched off by `CREDIT_NATIVE=0`, built and
-    registered with XLA (the build and registration happen once per process)."""
-    return os.environ.get("CREDIT_NATIVE", "1") != "0" and _registered()
+    """Whether the kernel may be used now: not switched off by `CREDIT_NATIVE=0`, the default
+    backend is a CPU, and the kernel is built and registered with XLA (once per process; on any
+    failure one warning says why and this stays False). On other backends it never builds."""
+    if os.environ.get("CREDIT_NATIVE", "1") == "0" or jax.default_backend() != "cpu":
+        return False
+    return _registered()
+
+
+def _missing_api() -> str | None:
+    """What of the jax.ffi API the kernel needs this jax lacks ("no ..."), else None."""
+    ffi = getattr(jax, "ffi", None)
+    if ffi is None:
+        return "no jax.ffi module"
+    names = ("ffi_call", "register_ffi_target", "pycapsule", "include_dir")
+    missing = [f"jax.ffi.{name}" for name in names if not hasattr(ffi, name)]
+    return f"no {', '.join(missing)}" if missing else None
 
 
 @functools.cache
 def _registered() -> bool:
-    try:
-        library = ctypes.cdll.LoadLibrary(str(build()))
-    except (RuntimeError, OSError) as error:
-        warnings.warn(
-            f"rtrl.native: the CPU kernel is unavailable, using the XLA program instead ({error})",
-            stacklevel=3,
-        )
+    missing = _missing_api()
+    if missing:
+        _unavailable(f"jax {jax.__version__} has {missing}; the kernel needs jax >= {JAX_MIN}")
         return False
-    for symbol, target in (("CreditRingSweep", TARGETS[1]), ("CreditRingSweep2", TARGETS[2])):
-        capsule = jax.ffi.pycapsule(getattr(library, symbol))
-        jax.ffi.register_ffi_target(target, capsule, platform="cpu")
+    try:
+        _probe()  # before the build: an API this jax lacks makes building pointless
+        library = ctypes.cdll.LoadLibrary(str(build()))
+        for symbol, target in (("CreditRingSweep", TARGETS[1]), ("CreditRingSweep2", TARGETS[2])):
+            capsule = jax.ffi.pycapsule(getattr(library, symbol))
+            jax.ffi.register_ffi_target(target, capsule, platform="cpu")
+    except Exception as error:  # any failure here means: use the XLA program, never crash
+        _unavailable(f"{type(error).__name__}: {error}")
+        return False
     return True
+
+
+def _unavailable(reason: str):
+    warnings.warn(
+        f"rtrl.native: the CPU kernel is unavailable, using the XLA program instead ({reason})",
+        stacklevel=4,
+    )
+
+
+def _probe():
+    """Trace (abstract evaluation only: no lowering, no run, no registration needed) one tiny
+    call per target, so that an ffi_call API this jax does not have fails here, once, and not
+    in a user's jit."""
+    for L in (1, 2):
+        n, m = 4, 2
+        M = [jax.ShapeDtypeStruct((n, n, m), jnp.float32)] * L
+        shapes = [(n, L, 1), (n, L, L), (n, L, 1), (m,), (n, L)]
+        rest = [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes]
+        jax.eval_shape(lambda M, *rest: _ffi_call(M, *rest, [0]), M, *rest)
 
 
 def supports(cell, offsets) -> bool:
@@ -179,7 +237,21 @@ def ring_sweep(M, A, B, E, v, coef, offsets):
         raise ValueError(f"ring_sweep supports float32 and float64 leaves, got {dtype}")
     if L == 2 and not (k <= 8 and n % 4 == 0 and n >= 4 + (max(k, 1) - 1) // 2):
         raise ValueError("ring_sweep: two leaves (LSTM) need k <= 8 and n a multiple of 4")
+    if not available():
+        raise RuntimeError(
+            "rtrl.native.ring_sweep: the kernel is unavailable here (CREDIT_NATIVE=0, a backend"
+            " other than CPU, or a failed build; see the warning)"
+        )
     A, B, E, v, coef = (jnp.asarray(a, dtype) for a in (A, B, E, v, coef))
+    new, g = _ffi_call(leaves, A, B, E, v, coef, offsets)
+    return (tuple(new) if L == 2 else new[0]), g
+
+
+def _ffi_call(leaves, A, B, E, v, coef, offsets):
+    """The custom call on checked operands: (list of new leaves, g)."""
+    L = len(leaves)
+    n, R, m = leaves[0].shape
+    dtype = leaves[0].dtype
     leaf = jax.ShapeDtypeStruct((n, R, m), dtype)
     call = jax.ffi.ffi_call(
         TARGETS[L],
@@ -188,4 +260,4 @@ def ring_sweep(M, A, B, E, v, coef, offsets):
         vmap_method="broadcast_all",
     )
     *new, g = call(*leaves, A, B, E, v, coef, offsets=np.asarray(offsets, np.int64))
-    return (tuple(new) if L == 2 else new[0]), g
+    return new, g

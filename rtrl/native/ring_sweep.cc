@@ -17,8 +17,9 @@
 // is read once and written once, in long contiguous runs the hardware prefetcher follows (helped
 // by software prefetches of the next rows). (Tiles that kept all n rows of a narrow column range
 // in a buffer were 1.7× slower: n short strided runs per tile.) Tiles are shared out to XLA's
-// intra-op thread pool through an atomic counter; the calling thread works too, and waits only
-// for tasks that actually started. The general path (any offsets and n) serves one leaf only.
+// intra-op thread pool through an atomic counter; the calling thread claims tiles too, and then
+// waits only for tiles that are being run (see Shared). The general path (any offsets and n)
+// serves one leaf only.
 
 #include <algorithm>
 #include <atomic>
@@ -300,61 +301,90 @@ void BandTile(const Problem<T>& p, int64_t index, T* ring, T* head) {
   }
 }
 
+// Completion protocol. Tiles are claimed one at a time from `next`; whoever claims a tile runs it
+// to the end without waiting on anything, then adds it to `done`. The caller claims tiles like a
+// helper until none are left, so every tile is then claimed by a thread that is running, and it
+// waits only for `done` to reach the total: work in progress, never work that has not started.
+// A helper the pool starts late (queued behind calls that are themselves working or waiting)
+// finds nothing left and returns at once; it keeps `Shared` alive through its shared_ptr and
+// touches nothing else. (The caller used to wait for every *scheduled* helper to finish: with
+// helpers queued behind callers that waited for theirs, two concurrent calls deadlocked.)
 struct Shared {
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> active{0};
+  explicit Shared(int64_t total) : total(total) {}
+  const int64_t total;
+  std::atomic<int64_t> next{0};  // tiles claimed
+  std::atomic<int64_t> done{0};  // tiles claimed and finished
   std::mutex mu;
   std::condition_variable cv;
+
+  void Finished(int64_t tiles) {
+    if (tiles == 0) return;
+    if (done.fetch_add(tiles) + tiles == total) {
+      std::lock_guard<std::mutex> lock(mu);  // the caller may be between its check and its wait
+      cv.notify_all();
+    }
+  }
 };
 
 template <typename T>
-void Work(const std::shared_ptr<Shared>& shared, const Problem<T>& p, int64_t total) {
+void Sweep(const Problem<T>& p, int64_t i, T* ring, T* head, T* acc) {
+  switch (p.banded ? p.L * 16 + p.banded : 0) {
+    case 17: BandTile<T, kRows, 1, 1>(p, i, ring, head); break;
+    case 18: BandTile<T, kRows, 2, 1>(p, i, ring, head); break;
+    case 19: BandTile<T, kRows, 3, 1>(p, i, ring, head); break;
+    case 20: BandTile<T, kRows, 4, 1>(p, i, ring, head); break;
+    case 21: BandTile<T, kRows, 5, 1>(p, i, ring, head); break;
+    case 22: BandTile<T, kRows, 6, 1>(p, i, ring, head); break;
+    case 23: BandTile<T, kRows, 7, 1>(p, i, ring, head); break;
+    case 24: BandTile<T, kRows, 8, 1>(p, i, ring, head); break;
+    case 33: BandTile<T, kRows, 1, 2>(p, i, ring, head); break;
+    case 34: BandTile<T, kRows, 2, 2>(p, i, ring, head); break;
+    case 35: BandTile<T, kRows, 3, 2>(p, i, ring, head); break;
+    case 36: BandTile<T, kRows, 4, 2>(p, i, ring, head); break;
+    case 37: BandTile<T, kRows, 5, 2>(p, i, ring, head); break;
+    case 38: BandTile<T, kRows, 6, 2>(p, i, ring, head); break;
+    case 39: BandTile<T, kRows, 7, 2>(p, i, ring, head); break;
+    case 40: BandTile<T, kRows, 8, 2>(p, i, ring, head); break;
+    default: RunTile(p, i, ring, head, acc);
+  }
+}
+
+// Claims and runs tiles until none are left; returns how many this thread ran. The buffers are
+// allocated only once a tile is claimed, so a late helper costs one atomic increment.
+template <typename T>
+int64_t Work(Shared& shared, const Problem<T>& p) {
+  int64_t i = shared.next.fetch_add(1);
+  if (i >= shared.total) return 0;
   std::vector<T> ring((p.lo + kRows) * p.tile), acc(kSub);
   std::vector<T> head(std::max<int64_t>(p.hi, 1) * p.tile);
-  for (int64_t i = shared->next.fetch_add(1); i < total; i = shared->next.fetch_add(1)) {
-    switch (p.banded ? p.L * 16 + p.banded : 0) {
-      case 17: BandTile<T, kRows, 1, 1>(p, i, ring.data(), head.data()); break;
-      case 18: BandTile<T, kRows, 2, 1>(p, i, ring.data(), head.data()); break;
-      case 19: BandTile<T, kRows, 3, 1>(p, i, ring.data(), head.data()); break;
-      case 20: BandTile<T, kRows, 4, 1>(p, i, ring.data(), head.data()); break;
-      case 21: BandTile<T, kRows, 5, 1>(p, i, ring.data(), head.data()); break;
-      case 22: BandTile<T, kRows, 6, 1>(p, i, ring.data(), head.data()); break;
-      case 23: BandTile<T, kRows, 7, 1>(p, i, ring.data(), head.data()); break;
-      case 24: BandTile<T, kRows, 8, 1>(p, i, ring.data(), head.data()); break;
-      case 33: BandTile<T, kRows, 1, 2>(p, i, ring.data(), head.data()); break;
-      case 34: BandTile<T, kRows, 2, 2>(p, i, ring.data(), head.data()); break;
-      case 35: BandTile<T, kRows, 3, 2>(p, i, ring.data(), head.data()); break;
-      case 36: BandTile<T, kRows, 4, 2>(p, i, ring.data(), head.data()); break;
-      case 37: BandTile<T, kRows, 5, 2>(p, i, ring.data(), head.data()); break;
-      case 38: BandTile<T, kRows, 6, 2>(p, i, ring.data(), head.data()); break;
-      case 39: BandTile<T, kRows, 7, 2>(p, i, ring.data(), head.data()); break;
-      case 40: BandTile<T, kRows, 8, 2>(p, i, ring.data(), head.data()); break;
-      default: RunTile(p, i, ring.data(), head.data(), acc.data());
-    }
+  int64_t ran = 0;
+  for (; i < shared.total; i = shared.next.fetch_add(1), ++ran) {
+    Sweep(p, i, ring.data(), head.data(), acc.data());
   }
+  return ran;
 }
 
 template <typename T>
 void Run(ffi::ThreadPool& pool, const Problem<T>& p) {
   const int64_t total = p.batch * ((p.P + p.tile - 1) / p.tile);
-  auto shared = std::make_shared<Shared>();
   // Below about a million values a helper's wake-up costs more than it saves (n = 32, 5 seeds:
   // 9 µs per seed and step with a helper, 4.4 without).
   const int64_t values = p.batch * p.n * p.P;
   const int64_t helpers =
       values < (int64_t{1} << 20) ? 0 : std::min<int64_t>(pool.num_threads(), total) - 1;
-  for (int64_t t = 0; t < helpers; ++t) {
-    shared->active.fetch_add(1);
-    pool.Schedule([shared, p, total]() {
-      Work(shared, p, total);
-      std::lock_guard<std::mutex> lock(shared->mu);
-      shared->active.fetch_sub(1);
-      shared->cv.notify_all();
-    });
+  if (helpers <= 0) {
+    Shared alone(total);
+    Work(alone, p);
+    return;
   }
-  Work(shared, p, total);
+  auto shared = std::make_shared<Shared>(total);
+  for (int64_t t = 0; t < helpers; ++t) {
+    pool.Schedule([shared, p]() { shared->Finished(Work(*shared, p)); });
+  }
+  shared->Finished(Work(*shared, p));
+  // Every tile is claimed now, each by a thread that is running it.
   std::unique_lock<std::mutex> lock(shared->mu);
-  shared->cv.wait(lock, [&] { return shared->active.load() == 0; });
+  shared->cv.wait(lock, [&] { return shared->done.load() == total; });
 }
 
 template <typename T>
