@@ -11,9 +11,9 @@ import jax
 from lru_local import model, rules, validation
 from lru_local.bptt import bits_per_byte, bptt_grads, describe_losses
 from lru_local.config import Config
+from lru_local.eligibility import LayerTrace, local_grads, online_init, online_step
 from lru_local.model import init
 from lru_local.reference import local_grads_autodiff, local_grads_jvp
-from lru_local.traces import LayerTrace, local_grads, online_init, online_step
 
 
 def apply(params: dict, tokens: jax.Array, cfg: Config) -> jax.Array:

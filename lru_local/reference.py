@@ -16,13 +16,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lru_local import model, traces, validation
+from lru_local import eligibility, model, validation
 from lru_local.config import Config
 
 
 def _all_noise(key, batch, steps, cfg, dtype):
     """σ·ε for every step, exactly as the trace engine draws it: [L-1, B, T-1, H]."""
-    per_step = traces.denoise_noise_at(key, jnp.arange(steps), batch, cfg, dtype)
+    per_step = eligibility.denoise_noise_at(key, jnp.arange(steps), batch, cfg, dtype)
     return jnp.transpose(per_step, (1, 2, 0, 3))
 
 
@@ -79,7 +79,7 @@ def _decompress(g: jax.Array, n_model: int) -> dict:
     }
 
 
-def _jvp_engine(cfg: Config, dtype) -> traces.RecurrentEngine:
+def _jvp_engine(cfg: Config, dtype) -> eligibility.RecurrentEngine:
     """Generic forward mode: the layer state is (s_t, tangents ds_t [K, B, N])."""
     directions = _tangent_directions(cfg.d_state, cfg.d_model, dtype)
 
@@ -105,7 +105,7 @@ def _jvp_engine(cfg: Config, dtype) -> traces.RecurrentEngine:
         per_direction = jnp.sum(delta.real * ds.real + delta.imag * ds.imag, axis=1)  # [K, N]
         return _decompress(per_direction, cfg.d_model)
 
-    return traces.RecurrentEngine(init, advance, lambda state: state[0], contract)
+    return eligibility.RecurrentEngine(init, advance, lambda state: state[0], contract)
 
 
 def local_grads_jvp(params: dict, tokens: jax.Array, key: jax.Array, cfg: Config):
@@ -121,4 +121,4 @@ def local_grads_jvp(params: dict, tokens: jax.Array, key: jax.Array, cfg: Config
 @jax.jit(static_argnames="cfg")
 def _jvp_jit(params, tokens, key, cfg):
     engine = _jvp_engine(cfg, params["embed"].dtype)
-    return traces.scan_local_grads(params, tokens, key, cfg, engine)
+    return eligibility.scan_local_grads(params, tokens, key, cfg, engine)

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lru_local import model, traces
+from lru_local import eligibility, model
 from lru_local.bptt import task_loss_bptt
 from lru_local.config import Config
 
@@ -57,7 +57,7 @@ class LocalState(NamedTuple):
 class OnlineState(NamedTuple):
     key: jax.Array  # raw uint32 [2] PRNG key; ε at position t from fold_in(key, t)
     t: jax.Array  # int32 [] tokens consumed per stream
-    layers: list  # per layer a traces.LayerTrace with B rows
+    layers: list  # per layer a eligibility.LayerTrace with B rows
 
 
 def window_task_loss(params: dict, tokens: jax.Array, s_init: list, activation: str = "none"):
@@ -125,7 +125,7 @@ def local(cfg: Config, chunk: int = 32) -> Rule:
 
     def step(params, state, tokens):
         key = jax.random.fold_in(state.key, state.step)
-        losses, grads = traces.scan_local_grads(params, tokens, key, cfg, chunk=chunk)
+        losses, grads = eligibility.scan_local_grads(params, tokens, key, cfg, chunk=chunk)
         return LocalState(state.key, state.step + 1), RuleOutput(grads, losses[-1], losses)
 
     return Rule("local", init, step)
@@ -151,15 +151,15 @@ def online(cfg: Config, every: int, batch: int) -> Rule:
 
     def init(key, params):
         dtype = params["embed"].dtype
-        layers = [traces.TRACE_ENGINE.init(batch, cfg, dtype) for _ in range(cfg.depth)]
+        layers = [eligibility.TRACE_ENGINE.init(batch, cfg, dtype) for _ in range(cfg.depth)]
         return OnlineState(jnp.asarray(key), jnp.int32(0), layers)
 
     def step(params, state, tokens):
         dtype = params["embed"].dtype
         t = state.t + jnp.arange(every)
-        noise = traces.denoise_noise_at(state.key, t, batch, cfg, dtype)
+        noise = eligibility.denoise_noise_at(state.key, t, batch, cfg, dtype)
         weights = jnp.full((every,), 1.0 / every, dtype)
-        layers, losses, grads = traces.chunk_step(
+        layers, losses, grads = eligibility.chunk_step(
             params,
             state.layers,
             tokens[:, :-1].T,

@@ -90,10 +90,10 @@ def test_every_registered_rule_is_covered():
 def test_rule_contract(library, name):
     rule, make = _case(library, name)
     params, state, batches = make(0)
-    traces = {"n": 0}
+    compilations = {"n": 0}
 
     def counted(params, state, batch):
-        traces["n"] += 1
+        compilations["n"] += 1
         return rule.step(params, state, *batch)
 
     step = jax.jit(counted)
@@ -104,7 +104,7 @@ def test_rule_contract(library, name):
             assert g.shape == p.shape and g.dtype == p.dtype
             assert np.all(np.isfinite(g))
         assert out.loss.shape == () and np.isfinite(out.loss)
-    assert traces["n"] == 1, "the step retraced"
+    assert compilations["n"] == 1, "the step retraced"
 
     seeds = [1, 2]
     cases = [make(s) for s in seeds]

@@ -153,23 +153,23 @@ def lstm_algorithms(cell, k: int, decay: float) -> dict:
     }
 
 
-def scanned_grads(algo, traces: dict, label: str):
+def scanned_grads(algo, compilations: dict, label: str):
     """run(params, state, xs [T, n_in], ys [T, n_out]) -> (Σ_t grads_t, Σ_t L_t), one scan of
-    algo.step. Each trace adds one to traces[label]."""
+    algo.step. Each trace adds one to compilations[label]."""
 
     def run(params, state, xs, ys):
-        traces[label] = traces.get(label, 0) + 1
+        compilations[label] = compilations.get(label, 0) + 1
         total, losses = rtrl.algorithms.scan_grads(algo, params, state, xs, ys)
         return total, jnp.sum(losses)
 
     return run
 
 
-def whole_sequence_bptt(cell, traces: dict, label: str):
+def whole_sequence_bptt(cell, compilations: dict, label: str):
     """run(params, xs, ys) -> (∂(Σ_t L_t)/∂θ, Σ_t L_t) by jax.grad of rtrl.sequence_loss."""
 
     def run(params, xs, ys):
-        traces[label] = traces.get(label, 0) + 1
+        compilations[label] = compilations.get(label, 0) + 1
         loss, grads = jax.value_and_grad(lambda p: rtrl.sequence_loss(cell, p, xs, ys))(params)
         return grads, loss
 
@@ -203,13 +203,13 @@ def time_algorithms(
     """Rows {label: {...}} for every algorithm at size n, grad totals of seed 0, trace counts."""
     cell = rtrl.cells.get(cell_name, n_in=N_IN, n_hidden=n, n_out=N_OUT)
     params, state_keys, xs, ys = problem(cell, seeds, steps)
-    traces: dict = {}
+    compilations: dict = {}
     rows, grads = {}, {}
     builder = algorithms if cell_name == "vanilla" else lstm_algorithms
     for label, algo in builder(cell, k, decay).items():
         states = jax.vmap(algo.init)(state_keys, params)
-        single = jax.jit(scanned_grads(algo, traces, f"{label} / single"))
-        batched = jax.jit(jax.vmap(scanned_grads(algo, traces, f"{label} / vmap")))
+        single = jax.jit(scanned_grads(algo, compilations, f"{label} / single"))
+        batched = jax.jit(jax.vmap(scanned_grads(algo, compilations, f"{label} / vmap")))
         one = (_first(params), _first(states), xs[0], ys[0])
         timed = timing.round_robin(
             {"single": (single, one), "vmap": (batched, (params, states, xs, ys))}, repeats
@@ -217,18 +217,18 @@ def time_algorithms(
         rows[label] = _row(timed, steps, seeds)
         grads[label] = single(*one)[0]
         print(f"  {cell_name} n={n} {label}: {rows[label]['us_per_step']:.1f} µs/step", flush=True)
-    single = jax.jit(whole_sequence_bptt(cell, traces, f"{BPTT} / single"))
-    batched = jax.jit(jax.vmap(whole_sequence_bptt(cell, traces, f"{BPTT} / vmap")))
+    single = jax.jit(whole_sequence_bptt(cell, compilations, f"{BPTT} / single"))
+    batched = jax.jit(jax.vmap(whole_sequence_bptt(cell, compilations, f"{BPTT} / vmap")))
     one = (_first(params), xs[0], ys[0])
     calls = {"single": (single, one), "vmap": (batched, (params, xs, ys))}
     timed = timing.round_robin(calls, repeats)
     rows[BPTT] = _row(timed, steps, seeds)
     grads[BPTT] = single(*one)[0]
     print(f"  {cell_name} n={n} {BPTT}: {rows[BPTT]['us_per_step']:.1f} µs/step", flush=True)
-    retraced = {label: count for label, count in traces.items() if count != 1}
+    retraced = {label: count for label, count in compilations.items() if count != 1}
     if retraced:
         raise RuntimeError(f"n={n}: jitted programs traced more than once: {retraced}")
-    return rows, grads, traces, (cell, _first(params), xs[0], ys[0])
+    return rows, grads, compilations, (cell, _first(params), xs[0], ys[0])
 
 
 def _row(timed: dict, steps: int, seeds: int) -> dict:
@@ -339,9 +339,9 @@ def floors(n: int, steps: int, decay: float, repeats: int) -> dict:
 
 
 def measure_size(n: int, cfg: dict) -> dict:
-    """Everything measured at size n: floors, algorithm rows, the NumPy row, checks, traces."""
+    """Everything measured at size n: floors, algorithm rows, NumPy row, checks, compilations."""
     floor = floors(n, cfg["steps"], cfg["decay"], cfg["repeats"])
-    rows, grads, traces, (cell, params, xs, ys) = time_algorithms(
+    rows, grads, compilations, (cell, params, xs, ys) = time_algorithms(
         n, cfg["steps"], cfg["seeds"], cfg["k"], cfg["decay"], cfg["repeats"]
     )
     rate, done, np_total = numpy_rtrl(
@@ -369,13 +369,13 @@ def measure_size(n: int, cfg: dict) -> dict:
         row["speedup_vs_rtrl"] = rows[RTRL]["us_per_step"] / row["us_per_step"]
     floor["rtrl_gflops"] = floor["jm_flops_per_step"] / (rows[RTRL]["us_per_step"] * 1e-6) / 1e9
     floor["rtrl_fraction_of_matmul"] = floor["rtrl_gflops"] / floor["matmul_gflops"]
-    return {"floors": floor, "rows": rows, "checks": checks, "traces": traces}
+    return {"floors": floor, "rows": rows, "checks": checks, "compilations": compilations}
 
 
 def measure_lstm(n: int, cfg: dict) -> dict:
     """LSTM rows at size n (no floors: the issue's floors are for the vanilla cell) and the
     agreement of the kernel with the XLA program."""
-    rows, grads, traces, _ = time_algorithms(
+    rows, grads, compilations, _ = time_algorithms(
         n, cfg["steps"], cfg["seeds"], cfg["k"], cfg["decay"], cfg["repeats"], "lstm"
     )
     for row in rows.values():
@@ -385,7 +385,7 @@ def measure_lstm(n: int, cfg: dict) -> dict:
         "sparse XLA program vs shipped": _rel_err(grads[SPARSE_XLA], grads[SPARSE]),
         "traces XLA program vs shipped": _rel_err(grads[TRACES_XLA], grads[TRACES]),
     }
-    return {"rows": rows, "checks": checks, "traces": traces}
+    return {"rows": rows, "checks": checks, "compilations": compilations}
 
 
 def _fmt(value, spec: str, suffix: str = "") -> str:
@@ -514,7 +514,7 @@ def verdicts(by_size: dict, seeds: int, k: int) -> list[str]:
     counts = {
         f"n={n} {label}": c
         for n, measured in by_size.items()
-        for label, c in measured["traces"].items()
+        for label, c in measured["compilations"].items()
     }
     retraced = {label: c for label, c in counts.items() if c != 1}
     lines.append(
@@ -544,7 +544,7 @@ def run(cfg: dict) -> tuple[str, dict]:
     lines = verdicts(by_size, cfg["seeds"], cfg["k"])
     if lstm:
         errors = [err for measured in lstm.values() for err in measured["checks"].values()]
-        counts = [c for measured in lstm.values() for c in measured["traces"].values()]
+        counts = [c for measured in lstm.values() for c in measured["compilations"].values()]
         lines.append(
             f"LSTM: gradient sums agree (≤ {CHECK_RTOL:g}): "
             + ("met" if max(errors) <= CHECK_RTOL else "NOT met")

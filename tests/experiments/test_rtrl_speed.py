@@ -22,14 +22,15 @@ def test_rtrl_speed_smoke():
     for label in (*rtrl_speed.FLOOR_OF, rtrl_speed.UORO, rtrl_speed.BPTT, rtrl_speed.NUMPY):
         assert rows[label]["us_per_step"] > 0, label
     assert rows[rtrl_speed.NUMPY]["steps_run"] == 3
-    assert set(measured["traces"].values()) == {1}  # one trace per jitted program
-    assert len(measured["traces"]) == 2 * (len(rtrl_speed.FLOOR_OF) + 2)  # single + vmap each
+    assert set(measured["compilations"].values()) == {1}  # one trace per jitted program
+    assert len(measured["compilations"]) == 2 * (len(rtrl_speed.FLOOR_OF) + 2)  # single + vmap each
     checks = measured["checks"]
     assert len(checks) == 6 and max(checks.values()) <= rtrl_speed.CHECK_RTOL, checks
     assert rows[rtrl_speed.SPARSE]["floor"] == rtrl_speed.TOUCH_FLOOR
     assert len(numbers["verdicts"]) == 7
     assert "| 8 | sparse_rtrl XLA program |" in text
     lstm = numbers["lstm_sizes"]["8"]
-    assert set(lstm["traces"].values()) == {1} and len(lstm["traces"]) == 12  # 5 algos + bptt
+    assert set(lstm["compilations"].values()) == {1}
+    assert len(lstm["compilations"]) == 12  # 5 algorithms + bptt, single and vmapped
     assert max(lstm["checks"].values()) <= rtrl_speed.CHECK_RTOL, lstm["checks"]
     assert "LSTM (n_in = n_out = 1" in text

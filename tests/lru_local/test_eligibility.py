@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import lru_local
-from lru_local import traces
+from lru_local import eligibility
 from tests.lru_local.compare import cosines, max_relative_errors
 
 # (depth, d_model, d_state, batch, length, seed): several random sizes and seeds per depth.
@@ -147,16 +147,16 @@ def test_hand_computed_toy_one_unit_three_steps():
         "B_re": jnp.array([[1.0]]),
         "B_im": jnp.array([[0.0]]),
     }
-    trace = traces.layer_trace_init(1, 1, 1, jnp.float64)
+    trace = eligibility.layer_trace_init(1, 1, 1, jnp.float64)
     deltas = [1.0, 1.0, 1.0 + 1.0j]
     expected_s, expected_e_lam, expected_e_b = [1.0, 2.5, 4.25], [0.0, 1.0, 3.0], [1.0, 2.5, 4.25]
     total = None
     for t, u in enumerate([1.0, 2.0, 3.0]):
-        trace = traces.layer_trace_update(layer, trace, jnp.array([[u]]))
+        trace = eligibility.layer_trace_update(layer, trace, jnp.array([[u]]))
         np.testing.assert_allclose(trace.s[0, 0], expected_s[t], atol=1e-14)
         np.testing.assert_allclose(trace.e_lam[0, 0], expected_e_lam[t], atol=1e-14)
         np.testing.assert_allclose(trace.e_B[0, 0, 0], expected_e_b[t], atol=1e-14)  # [N, B, H]
-        g = traces.layer_trace_grads(layer, trace, jnp.array([[deltas[t]]]))
+        g = eligibility.layer_trace_grads(layer, trace, jnp.array([[deltas[t]]]))
         total = g if total is None else jax.tree_util.tree_map(jnp.add, total, g)
     np.testing.assert_allclose(total["B_re"][0, 0], 7.75, atol=1e-14)
     np.testing.assert_allclose(total["B_im"][0, 0], 4.25, atol=1e-14)

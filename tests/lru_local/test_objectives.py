@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import lru_local
-from lru_local import model, reference, traces
+from lru_local import eligibility, model, reference
 from tests.lru_local.compare import max_relative_errors
 
 
@@ -138,6 +138,6 @@ def test_describe_losses_reports_bits_per_byte():
     assert out["task_bpb"] == pytest.approx(3.0)
     assert out["layer1_denoise_mse"] == 0.5 and out["layer2_denoise_mse"] == 0.25
     assert out["total"] == pytest.approx(0.75 + np.log(2.0) * 3)
-    assert traces.denoise_noise(
+    assert eligibility.denoise_noise(
         jax.random.key(0), 3, lru_local.Config(depth=1), jnp.float32
     ).shape == (0, 3, 64)

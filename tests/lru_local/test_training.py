@@ -109,16 +109,16 @@ def test_online_updates_every_k_tokens_with_states_carried():
     trainer = training.make_trainer("online", cfg, seq_len=8, every=4)
     state, metrics = trainer.step(trainer.init(key, params), tokens, jnp.float64(lr))
 
-    from lru_local import traces
+    from lru_local import eligibility
 
     opt = optax.adam(lr)
     opt_state = opt.init(params)
-    layer_states = [traces.TRACE_ENGINE.init(3, cfg, jnp.float64) for _ in range(cfg.depth)]
+    layer_states = [eligibility.TRACE_ENGINE.init(3, cfg, jnp.float64) for _ in range(cfg.depth)]
     p, losses = params, []
     for j in range(2):
         t = 4 * j + jnp.arange(4)
-        noise = traces.denoise_noise_at(jax.random.fold_in(key, 0), t, 3, cfg, jnp.float64)
-        layer_states, loss, grads = traces.chunk_step(
+        noise = eligibility.denoise_noise_at(jax.random.fold_in(key, 0), t, 3, cfg, jnp.float64)
+        layer_states, loss, grads = eligibility.chunk_step(
             p, layer_states, tokens[:, t].T, tokens[:, t + 1].T, noise, jnp.full((4,), 0.25)
         )
         updates, opt_state = opt.update(grads, opt_state, p)
