@@ -76,6 +76,7 @@ def _sensitivity_algorithm(
     Differentiating through the step (jax.grad of a function of `step`) differentiates the XLA
     program while the primal stays on the kernel (`_kernel_sweep`).
     """
+    cells_lib.require(cell, cells_lib.FACTORISED, name)
     loss_fn = losses.get(loss)
     n, R = cell.n_hidden, cell.n_rows
     m = n + cell.n_in + 1
@@ -110,7 +111,7 @@ def _sensitivity_algorithm(
         z = cells_lib.theta(params) @ v
         idx = state.idx
         if select:
-            gain = jax.vmap(jax.grad(lambda zr: _row_activation(cell, zr)))(z)
+            gain = cell.row_gain(z)
             idx = masks.refresh(mask, idx, state.t, params["W_rec"], gain, k)
         carry = cell.core(z, state.carry)
         h = cell.hidden(carry)
@@ -123,7 +124,7 @@ def _sensitivity_algorithm(
             extra_h = extra_h + adjoint(params["W_rec"], c_z, idx)
         if decay:
             extra_h = extra_h + decay * dh
-        coef = _add_to_hidden(cell, coef, extra_h)
+        coef = cells_lib.add_to_hidden(cell, coef, extra_h)
         w = jnp.take_along_axis(params["W_rec"], idx, axis=1)  # [R, k]
 
         def xla(M_prev, w, coef, z, v, carry, W_rec, idx):
@@ -185,27 +186,8 @@ def _update(cell, params, state, z, v, idx, propagate, decay):
     # One shape for M end to end ([n, R, m] tangents) lets XLA fuse the update into one loop.
     M = cells_lib.core_tangent(cell, z, state.carry, dz, state.M)
     if decay:
-        M = _add_decay_to_hidden(cell, M, state.M, decay)
+        M = cells_lib.add_to_hidden(cell, M, decay * cell.hidden(state.M))
     return M
-
-
-def _add_to_hidden(cell, tree, vec):
-    if cell.name == "vanilla":
-        return tree + vec
-    h, c = tree
-    return (h + vec, c)
-
-
-def _row_activation(cell, z_r):
-    """The nonlinearity applied to a pre-activation row (only its derivative's size matters)."""
-    return jnp.tanh(z_r) if cell.name == "vanilla" else jax.nn.sigmoid(z_r)
-
-
-def _add_decay_to_hidden(cell, dM, M_prev, decay):
-    if cell.name == "vanilla":
-        return dM + decay * M_prev
-    h, c = dM
-    return (h + decay * M_prev[0], c)
 
 
 def _dense(W_rec, M_h, idx):
@@ -265,6 +247,8 @@ def sparse_rtrl(cell, k, mask="ring", loss="mse", impl=None, native_kernel=None)
     where it is built)."""
     k = int(k)
     masks.check(mask, k, cell.n_hidden)
+    if mask == "dynamic" and cell.row_gain is None:
+        raise ValueError(f"the dynamic mask needs the cell's row_gain; {cell.name!r} has none")
     if impl is None:
         impl = "gather" if k * GATHER_MAX_FRACTION <= cell.n_hidden else "masked"
     if impl not in ("gather", "masked"):
@@ -307,6 +291,7 @@ class Snap1State(NamedTuple):
 
 def snap1(cell, loss="mse"):
     """SnAp-1: keep only the one-step sparsity pattern of M (Menick et al. 2021)."""
+    cells_lib.require(cell, cells_lib.FACTORISED, "snap1")
     loss_fn = losses.get(loss)
     n, R = cell.n_hidden, cell.n_rows
     G, m = R // n, n + cell.n_in + 1

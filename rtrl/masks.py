@@ -15,19 +15,22 @@ four gate rows of a neuron are rows i, n+i, 2n+i, 3n+i).
   these cells this equals the oracle recomputed every step.)
 """
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-MASKS = ("ring", "random", "oracle", "anti_oracle", "dynamic")
 ORACLE_PERIOD = 200
 
 
-def check(mask: str, k: int, n: int) -> None:
-    if mask not in MASKS:
-        raise ValueError(f"unknown mask {mask!r}; known masks: {list(MASKS)}")
-    if not 0 <= k <= n:
-        raise ValueError(f"k must satisfy 0 <= k <= n_hidden = {n}, got k = {k}")
+class Mask(NamedTuple):
+    """A path-selection rule: `initial(key, W_rec [R, n], k) -> idx [R, k]` at init and
+    `refresh(idx, step, W_rec, row_gain [R], k, period) -> idx` before each step."""
+
+    initial: Callable
+    refresh: Callable
 
 
 def signed_ring_offsets(k: int) -> list[int]:
@@ -61,22 +64,42 @@ def top_k(scores: jax.Array, k: int) -> jax.Array:
     return jax.lax.top_k(scores, k)[1].astype(jnp.int32)
 
 
+def _fixed(idx, step, W_rec, row_gain, k, period):
+    return idx
+
+
+def _periodic(sign):
+    def refresh(idx, step, W_rec, row_gain, k, period):
+        return jnp.where(step % period == 0, top_k(sign * jnp.abs(W_rec), k), idx)
+
+    return refresh
+
+
+def _dynamic(idx, step, W_rec, row_gain, k, period):
+    return top_k(jnp.abs(row_gain[:, None] * W_rec), k)
+
+
+MASKS = {
+    "ring": Mask(lambda key, W, k: ring(W.shape[0], W.shape[1], k), _fixed),
+    "random": Mask(lambda key, W, k: random(key, W.shape[0], W.shape[1], k), _fixed),
+    "oracle": Mask(lambda key, W, k: top_k(jnp.abs(W), k), _periodic(1.0)),
+    "anti_oracle": Mask(lambda key, W, k: top_k(-jnp.abs(W), k), _periodic(-1.0)),
+    "dynamic": Mask(lambda key, W, k: top_k(jnp.abs(W), k), _dynamic),
+}
+
+
+def check(mask: str, k: int, n: int) -> None:
+    if mask not in MASKS:
+        raise ValueError(f"unknown mask {mask!r}; known masks: {list(MASKS)}")
+    if not 0 <= k <= n:
+        raise ValueError(f"k must satisfy 0 <= k <= n_hidden = {n}, got k = {k}")
+
+
 def initial(mask: str, key, W_rec, k: int) -> jax.Array:
-    rows, n = W_rec.shape
-    if mask == "ring":
-        return ring(rows, n, k)
-    if mask == "random":
-        return random(key, rows, n, k)
-    if mask == "anti_oracle":
-        return top_k(-jnp.abs(W_rec), k)
-    return top_k(jnp.abs(W_rec), k)  # oracle, dynamic
+    """The selection at init, idx [R, k]."""
+    return MASKS[mask].initial(key, W_rec, k)
 
 
 def refresh(mask: str, idx, step, W_rec, row_gain, k: int, period: int = ORACLE_PERIOD):
     """The selection to use at `step` (counted from 0); row_gain [R] = φ'(z_r) for dynamic."""
-    if mask in ("ring", "random"):
-        return idx
-    if mask == "dynamic":
-        return top_k(jnp.abs(row_gain[:, None] * W_rec), k)
-    scores = jnp.abs(W_rec) if mask == "oracle" else -jnp.abs(W_rec)
-    return jnp.where(step % period == 0, top_k(scores, k), idx)
+    return MASKS[mask].refresh(idx, step, W_rec, row_gain, k, period)

@@ -56,6 +56,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rtrl import cells as cells_lib
+
 SOURCE = pathlib.Path(__file__).with_name("native") / "ring_sweep.cc"
 TARGETS = {1: "credit_ring_sweep", 2: "credit_ring_sweep2"}  # by number of carry leaves
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c++17", "-w"]
@@ -182,14 +184,17 @@ def _probe():
 
 
 def supports(cell, offsets) -> bool:
-    """Whether the kernel handles this cell and these ring offsets: any offsets for the vanilla
-    cell (one carry leaf); for the LSTM the banded path's conditions (offsets in ring order
-    [0, 1, -1, 2, ...], k <= 8, n a multiple of 4 and at least 4 + (k - 1) // 2)."""
-    if cell.name == "vanilla":
+    """Whether the kernel handles this cell and these ring offsets, from what the cell declares:
+    a factorised cell whose hidden state is its first carry leaf, with one leaf (any offsets) or
+    two (the banded path's conditions: offsets in ring order [0, 1, -1, 2, ...], k <= 8, n a
+    multiple of 4 and at least 4 + (k - 1) // 2)."""
+    if cells_lib.FACTORISED not in cell.capabilities or cell.hidden_leaf != 0:
+        return False
+    leaves, k, n = cells_lib.carry_leaves(cell), len(offsets), cell.n_hidden
+    if leaves == 1:
         return True
-    k, n = len(offsets), cell.n_hidden
     ring = list(offsets) == [[0, 1, -1, 2, -2, 3, -3, 4][s] for s in range(k)] if k <= 8 else False
-    return cell.name == "lstm" and ring and n % 4 == 0 and n >= 4 + (max(k, 1) - 1) // 2
+    return leaves == 2 and ring and n % 4 == 0 and n >= 4 + (max(k, 1) - 1) // 2
 
 
 def step_coefficients(cell, z, carry, w, decay):
@@ -206,7 +211,7 @@ def step_coefficients(cell, z, carry, w, decay):
     z_n = z.reshape(G, n).T  # [n, G], gate g of neuron i is row g n + i
     J_z, J_s = jax.vmap(jax.jacfwd(one, argnums=(0, 1)))(z_n, jnp.stack(leaves, axis=1))
     A = jnp.einsum("ilg,gik->ilk", J_z, w.reshape(G, n, -1))
-    B = J_s.at[:, 0, 0].add(decay) if decay else J_s
+    B = J_s.at[:, 0, 0].add(decay) if decay else J_s  # leaf 0 is h (`supports`)
     return A, B, J_z
 
 

@@ -43,6 +43,7 @@ def uoro(cell, loss="mse", eps=EPS):
     (the variance-reducing scalings of their Alg. 1); ∂L_t/∂θ ≈ (∂L_t/∂s_t · s̃_t) θ̃_t. The
     tangent ∂s_t/∂s_{t-1} s̃ is one jvp and νᵀ ∂s_t/∂θ one vjp, so the cost is O(n²) per step.
     """
+    cells_lib.require(cell, cells_lib.FACTORISED, "uoro")
     loss_fn = losses.get(loss)
 
     def init(key, params):
@@ -101,6 +102,7 @@ def kf_rtrl(cell, loss="mse", eps=EPS):
 
     ∂L_t/∂Θ ≈ (∂L_t/∂s_tᵀ A_t) ⊗ u_t. Cost O(S² R), i.e. O(n³) for the vanilla RNN.
     """
+    cells_lib.require(cell, cells_lib.FACTORISED, "kf_rtrl")
     loss_fn = losses.get(loss)
     R, m = cell.n_rows, cell.n_hidden + cell.n_in + 1
 

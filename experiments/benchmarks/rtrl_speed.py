@@ -197,6 +197,9 @@ def _rel_err(a, b) -> float:
     return (num / max(den, 1e-30)) ** 0.5
 
 
+ROWS_OF_CELL = {"vanilla": algorithms, "lstm": lstm_algorithms}  # the rows each table times
+
+
 def time_algorithms(
     n: int, steps: int, seeds: int, k: int, decay: float, repeats: int, cell_name="vanilla"
 ):
@@ -205,8 +208,7 @@ def time_algorithms(
     params, state_keys, xs, ys = problem(cell, seeds, steps)
     compilations: dict = {}
     rows, grads = {}, {}
-    builder = algorithms if cell_name == "vanilla" else lstm_algorithms
-    for label, algo in builder(cell, k, decay).items():
+    for label, algo in ROWS_OF_CELL[cell_name](cell, k, decay).items():
         states = jax.vmap(algo.init)(state_keys, params)
         single = jax.jit(scanned_grads(algo, compilations, f"{label} / single"))
         batched = jax.jit(jax.vmap(scanned_grads(algo, compilations, f"{label} / vmap")))

@@ -84,13 +84,13 @@ def pick_lr(runs: list[dict]) -> dict:
 
 def add_recovery(setting, chosen) -> None:
     """R per seed (each seed against its own floor and full run) and R_gm of the geometric means
-    over seeds, against the setting's floor and, where present, traces γ=0.95."""
+    over seeds, against the setting's floor and, where present, its traces floor."""
     full = chosen.get(setting.get("full") or "", {}).get("post")
     if full is None or setting["metric"] not in ("shift", "first_shift"):
         return
     floors = {"R": chosen.get(setting["floor"], {}).get("post")}
-    if "traces γ=0.95" in chosen:
-        floors["R_traces095"] = chosen["traces γ=0.95"]["post"]
+    if setting.get("traces_floor") in chosen:
+        floors["R_traces095"] = chosen[setting["traces_floor"]]["post"]
     for run in chosen.values():
         for name, floor in floors.items():
             if floor is not None:
@@ -189,7 +189,7 @@ def setting_table(config, setting, chosen, per_method) -> str:
             "post-shift MSE",
             "CV(post)",
             "R vs k=0: geo-mean [per-seed median]",
-            "R vs traces γ=0.95: geo-mean [median]",
+            f"R vs {setting.get('traces_floor')}: geo-mean [median]",
             "cos vs full (pre / post)",
             "|g|/|g_full|",
             "diverged",

@@ -1,0 +1,66 @@
+"""Recurrent cells with explicit parameters, written so that forward-mode credit can see inside.
+
+    cell = rtrl.cells.get("lstm", n_in=1, n_hidden=64, n_out=1)
+
+The shared factorisation and what a cell declares are in `rtrl.cells.base`; one module per cell.
+Initialisation (the papers leave it implicit): W_rec ~ N(0, 1/n), W_in ~ N(0, 1/n_in),
+W_out ~ N(0, 1/n), biases 0 except the LSTM forget-gate bias, which is 1.
+"""
+
+from rtrl.cells.base import (
+    CAPABILITIES,
+    FACTORISED,
+    READOUT,
+    RECURRENT,
+    Carry,
+    Cell,
+    Params,
+    add_to_hidden,
+    carry_leaves,
+    core_tangent,
+    inputs_vector,
+    preactivation,
+    readout,
+    require,
+    split_theta,
+    theta,
+)
+from rtrl.cells.lstm import lstm
+from rtrl.cells.vanilla import vanilla
+
+_REGISTRY = {"vanilla": vanilla, "lstm": lstm}
+NAMES = tuple(_REGISTRY)
+
+
+def get(name: str, n_in: int, n_hidden: int, n_out: int) -> Cell:
+    """Look up a cell by name (see NAMES)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown cell {name!r}; known cells: {sorted(_REGISTRY)}")
+    for label, value in (("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out)):
+        if int(value) < 1:
+            raise ValueError(f"{label} must be a positive integer, got {value}")
+    return _REGISTRY[name](int(n_in), int(n_hidden), int(n_out))
+
+
+__all__ = [
+    "CAPABILITIES",
+    "FACTORISED",
+    "NAMES",
+    "READOUT",
+    "RECURRENT",
+    "Carry",
+    "Cell",
+    "Params",
+    "add_to_hidden",
+    "carry_leaves",
+    "core_tangent",
+    "get",
+    "inputs_vector",
+    "lstm",
+    "preactivation",
+    "readout",
+    "require",
+    "split_theta",
+    "theta",
+    "vanilla",
+]
