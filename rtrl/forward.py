@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from rtrl import cells as cells_lib
-from rtrl import losses, masks, native, sweep
+from rtrl import inplace, losses, masks, native
 from rtrl.interface import Algorithm, StepOutput, assemble, check_step_shapes, readout_step
 
 
@@ -70,11 +70,11 @@ def _sensitivity_algorithm(
     update and the contraction run as one in-place pass over M, same values, one read and one
     write of M per step: where the default backend is a CPU the `rtrl.native` kernel if it
     supports the cell, otherwise (other backends, no C++ compiler), when M is large enough to be
-    split in blocks, the XLA program of `rtrl.sweep`. `native_kernel`: None uses the kernel where
+    split in blocks, the XLA program of `rtrl.inplace`. `native_kernel`: None uses the kernel where
     it applies and is available (decided when the step is traced, so nothing is built on other
     backends), False never, True insists (an error if it cannot be used or does not apply).
     Differentiating through the step (jax.grad of a function of `step`) differentiates the XLA
-    program while the primal stays on the kernel (`_kernel_sweep`).
+    program while the primal stays on the kernel (`_kernel_pass`).
     """
     cells_lib.require(cell, cells_lib.FACTORISED, name)
     loss_fn = losses.get(loss)
@@ -82,8 +82,8 @@ def _sensitivity_algorithm(
     m = n + cell.n_in + 1
     row_bytes = R * m * 4  # one neuron's slice of M in float32 (the block heuristic only)
     block = None
-    if ring is not None and (ring or n * row_bytes > sweep.TRACES_MIN_BYTES):
-        block = sweep.block_rows(n, row_bytes, max([0] + [abs(o) for o in ring]))
+    if ring is not None and (ring or n * row_bytes > inplace.TRACES_MIN_BYTES):
+        block = inplace.block_rows(n, row_bytes, max([0] + [abs(o) for o in ring]))
     applies = ring is not None and native.supports(cell, ring)
     if native_kernel and not (applies and native.available()):
         raise ValueError(
@@ -134,13 +134,15 @@ def _sensitivity_algorithm(
                 pairs = zip(jax.tree.leaves(coef), jax.tree.leaves(M_prev), strict=True)
                 g_M = sum(jnp.einsum("i,iam->am", c, leaf) for c, leaf in pairs)
                 return M, g_M
-            return sweep.update_and_contract(cell, z, carry, v, M_prev, coef, w, ring, decay, block)
+            return inplace.update_and_contract(
+                cell, z, carry, v, M_prev, coef, w, ring, decay, block
+            )
 
-        # Every array the sweep reads is an argument (none closed over), so that the kernel's
+        # Every array the pass reads is an argument (none closed over), so that the kernel's
         # custom_jvp sees every tangent.
         args = (state.M, w, coef, z, v, state.carry, params["W_rec"], idx)
         if may_use_native and native.available():  # at trace time: never builds off a CPU
-            M, g_M = _kernel_sweep(cell, ring, decay, xla)(*args)
+            M, g_M = _kernel_pass(cell, ring, decay, xla)(*args)
         else:
             M, g_M = xla(*args)
         g_theta = jnp.outer(c_z, v) + g_M
@@ -150,7 +152,7 @@ def _sensitivity_algorithm(
     return Algorithm(name, init, step)
 
 
-def _kernel_sweep(cell, ring, decay, xla):
+def _kernel_pass(cell, ring, decay, xla):
     """`xla`'s (M_t, g_M) from the `rtrl.native` kernel on a CPU (`jax.lax.platform_dependent`:
     the XLA program where the program is lowered for another platform), with the XLA program's
     derivative: the custom call has no differentiation rule, so jvp (and through it grad) of a
@@ -162,17 +164,17 @@ def _kernel_sweep(cell, ring, decay, xla):
         dtype = jnp.result_type(*jax.tree.leaves(M_prev), A, v)
         M_prev = jax.tree.map(lambda leaf: leaf.astype(dtype), M_prev)
         coef = jnp.stack(jax.tree.leaves(coef), axis=1)  # [n, L]
-        return native.ring_sweep(M_prev, A, B, E, v, coef, ring)
+        return native.ring_pass(M_prev, A, B, E, v, coef, ring)
 
     @jax.custom_jvp
-    def swept(*args):
+    def kernel_pass(*args):
         return jax.lax.platform_dependent(*args, cpu=kernel, default=xla)
 
-    @swept.defjvp
+    @kernel_pass.defjvp
     def _(primals, tangents):
-        return swept(*primals), jax.jvp(xla, primals, tangents)[1]
+        return kernel_pass(*primals), jax.jvp(xla, primals, tangents)[1]
 
-    return swept
+    return kernel_pass
 
 
 def _update(cell, params, state, z, v, idx, propagate, decay):

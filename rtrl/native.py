@@ -11,9 +11,9 @@ per-neuron Jacobians) and γ the trace decay:
                   + Σ_g E[i, l, g] I_g[i]               (paper Eqs. 3, 6, 8; I: immediate term)
     g           = Σ_i Σ_l coef[i, l] M_l,t-1[i]          [R, m], the gradient contraction
 
-which is `rtrl.sweep.update_and_contract` (for the vanilla cell A = φ'(z) w, B = γ, E = φ'(z)).
+which is `rtrl.inplace.update_and_contract` (for the vanilla cell A = φ'(z) w, B = γ, E = φ'(z)).
 The kernel does it in one in-place pass over M (read once, written once; source:
-native/ring_sweep.cc). XLA:CPU runs the sweep's in-place fused loop on one core, unpartitioned,
+native/ring_pass.cc). XLA:CPU runs the pass's in-place fused loop on one core, unpartitioned,
 at about 1.5 G elements/s (vanilla n = 256, k = 4: 10.4 ms per step, 5.9× a plain read-and-write
 of M); the kernel is vectorised, updates rows in blocks of 4 from one load of their shared window,
 splits M in column tiles over XLA's intra-op thread pool and keeps the rows still needed in cache
@@ -58,8 +58,8 @@ import numpy as np
 
 from rtrl import cells as cells_lib
 
-SOURCE = pathlib.Path(__file__).with_name("native") / "ring_sweep.cc"
-TARGETS = {1: "credit_ring_sweep", 2: "credit_ring_sweep2"}  # by number of carry leaves
+SOURCE = pathlib.Path(__file__).with_name("native") / "ring_pass.cc"
+TARGETS = {1: "credit_ring_pass", 2: "credit_ring_pass2"}  # by number of carry leaves
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c++17", "-w"]
 # The first jax with the `jax.ffi` module (before it: `jax.extend.ffi`; jax CHANGELOG, 0.5.0:
 # "The jax.extend.ffi submodule was moved to jax.ffi"), whose jaxlib headers have ffi::ThreadPool.
@@ -95,7 +95,7 @@ def library_path() -> pathlib.Path:
     key.update(_cpu_signature().encode())
     key.update(jax.ffi.include_dir().encode())
     key.update(jax.__version__.encode())
-    return _cache_dir() / f"ring_sweep-{key.hexdigest()[:16]}.so"
+    return _cache_dir() / f"ring_pass-{key.hexdigest()[:16]}.so"
 
 
 def build() -> pathlib.Path:
@@ -155,7 +155,7 @@ def _registered() -> bool:
     try:
         _probe()  # before the build: an API this jax lacks makes building pointless
         library = ctypes.cdll.LoadLibrary(str(build()))
-        for symbol, target in (("CreditRingSweep", TARGETS[1]), ("CreditRingSweep2", TARGETS[2])):
+        for symbol, target in (("CreditRingPass", TARGETS[1]), ("CreditRingPass2", TARGETS[2])):
             capsule = jax.ffi.pycapsule(getattr(library, symbol))
             jax.ffi.register_ffi_target(target, capsule, platform="cpu")
     except Exception as error:  # any failure here means: use the XLA program, never crash
@@ -215,7 +215,7 @@ def step_coefficients(cell, z, carry, w, decay):
     return A, B, J_z
 
 
-def ring_sweep(M, A, B, E, v, coef, offsets):
+def ring_pass(M, A, B, E, v, coef, offsets):
     """(M_t, g [R, m]) of the module docstring; M is updated in place when XLA can donate it (it
     can inside a scan step whose only other use of M is this call).
 
@@ -230,21 +230,21 @@ def ring_sweep(M, A, B, E, v, coef, offsets):
     G, k = R // n, len(offsets)
     offsets = [int(o) for o in offsets]
     if L not in (1, 2) or R % n or any(leaf.shape != (n, R, m) for leaf in leaves):
-        raise ValueError(f"ring_sweep: M must be one or two leaves [n, G n, m], got {leaves}")
+        raise ValueError(f"ring_pass: M must be one or two leaves [n, G n, m], got {leaves}")
     want = {"A": (n, L, k), "B": (n, L, L), "E": (n, L, G), "v": (m,), "coef": (n, L)}
     got = {"A": A.shape, "B": B.shape, "E": E.shape, "v": v.shape, "coef": coef.shape}
     if got != want:
-        raise ValueError(f"ring_sweep: shapes {got} do not match M {leaves[0].shape}: {want}")
+        raise ValueError(f"ring_pass: shapes {got} do not match M {leaves[0].shape}: {want}")
     if any(not -n < o < n for o in offsets) or len({o % n for o in offsets}) != k:
         raise ValueError(f"offsets must be distinct modulo n = {n} and lie in (-n, n): {offsets}")
     dtype = leaves[0].dtype
     if dtype not in (jnp.float32, jnp.float64) or any(leaf.dtype != dtype for leaf in leaves):
-        raise ValueError(f"ring_sweep supports float32 and float64 leaves, got {dtype}")
+        raise ValueError(f"ring_pass supports float32 and float64 leaves, got {dtype}")
     if L == 2 and not (k <= 8 and n % 4 == 0 and n >= 4 + (max(k, 1) - 1) // 2):
-        raise ValueError("ring_sweep: two leaves (LSTM) need k <= 8 and n a multiple of 4")
+        raise ValueError("ring_pass: two leaves (LSTM) need k <= 8 and n a multiple of 4")
     if not available():
         raise RuntimeError(
-            "rtrl.native.ring_sweep: the kernel is unavailable here (CREDIT_NATIVE=0, a backend"
+            "rtrl.native.ring_pass: the kernel is unavailable here (CREDIT_NATIVE=0, a backend"
             " other than CPU, or a failed build; see the warning)"
         )
     A, B, E, v, coef = (jnp.asarray(a, dtype) for a in (A, B, E, v, coef))

@@ -12,7 +12,7 @@ function); single and vmapped programs are timed round-robin so machine noise hi
 
 Rows: rtrl; sparse_rtrl (k, ring mask) as shipped (impl auto: on a CPU with a C++ compiler the
 rtrl.native kernel, one in-place pass over M), the same with native_kernel=False ("XLA program":
-the in-place blocked sweep of rtrl.sweep where M exceeds one 4 MiB block, n >= 128 here, else the
+the in-place blocked pass of rtrl.inplace where M exceeds one 4 MiB block, n >= 128 here, else the
 whole-tensor update), with impl="masked", and a naive gather written here (one [n, k, P] gather of
 M's rows, then an einsum) to show why the shipped gather differs; traces (decay 0.95) as shipped
 and as the XLA program; uoro; "bptt", which is NOT the online tbptt

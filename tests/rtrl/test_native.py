@@ -50,12 +50,12 @@ def fresh_decision():
     native._registered.cache_clear()
 
 
-def _vanilla_sweep(M, w, d, v, coef, offsets, decay):
+def _vanilla_pass(M, w, d, v, coef, offsets, decay):
     """The kernel with the vanilla cell's coefficients: A = d w, B = γ, E = d (one leaf)."""
     n = M.shape[0]
     A = d[:, None, None] * w[:, None, :]
     B = jnp.full((n, 1, 1), decay, M.dtype)
-    return native.ring_sweep(M, A, B, d[:, None, None], v, coef[:, None], offsets)
+    return native.ring_pass(M, A, B, d[:, None, None], v, coef[:, None], offsets)
 
 
 def _reference(M, w, d, v, coef, offsets, decay):
@@ -96,14 +96,14 @@ def test_kernel_equals_numpy(n, offsets, decay):
         rng.normal(size=(batch, m)),
         rng.normal(size=(batch, n)),
     ]
-    got_M, got_g = jax.jit(jax.vmap(lambda *a: _vanilla_sweep(*a, offsets, decay)))(*arrays)
+    got_M, got_g = jax.jit(jax.vmap(lambda *a: _vanilla_pass(*a, offsets, decay)))(*arrays)
     for b in range(batch):
         want_M, want_g = _reference(*(a[b] for a in arrays), offsets, decay)
         np.testing.assert_allclose(got_M[b], want_M, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(got_g[b], want_g, rtol=1e-12, atol=1e-12)
     # float32: same program, rounding only
     f32 = [jnp.asarray(a[0], jnp.float32) for a in arrays]
-    got_M, got_g = jax.jit(lambda *a: _vanilla_sweep(*a, offsets, decay))(*f32)
+    got_M, got_g = jax.jit(lambda *a: _vanilla_pass(*a, offsets, decay))(*f32)
     assert got_M.dtype == jnp.float32
     want_M, want_g = _reference(*(a[0] for a in arrays), offsets, decay)
     np.testing.assert_allclose(got_M, want_M, rtol=1e-5, atol=1e-4)
@@ -187,7 +187,7 @@ def test_step_updates_M_in_place():
     hlo = jax.jit(run).lower(params, algo.init(None, params), xs).compile().as_text()
     shape = f"f32[{n},{n},{n + 2}]"
     copies = [line for line in hlo.splitlines() if "copy(" in line and f"= {shape}" in line]
-    assert hlo.count("credit_ring_sweep") >= 1
+    assert hlo.count("credit_ring_pass") >= 1
     assert len(copies) <= 1, copies  # at most the copy of the initial state into the loop
 
 
@@ -196,21 +196,21 @@ def test_bad_input():
     A, B, E = jnp.zeros((6, 1, 2)), jnp.zeros((6, 1, 1)), jnp.zeros((6, 1, 1))
     v, c = jnp.zeros(8), jnp.zeros((6, 1))
     with pytest.raises(ValueError, match="one or two leaves"):
-        native.ring_sweep(jnp.zeros((6, 9, 8)), A, B, E, v, c, [0, 1])
+        native.ring_pass(jnp.zeros((6, 9, 8)), A, B, E, v, c, [0, 1])
     with pytest.raises(ValueError, match="do not match"):
-        native.ring_sweep(M, jnp.zeros((6, 1, 3)), B, E, v, c, [0, 1])
+        native.ring_pass(M, jnp.zeros((6, 1, 3)), B, E, v, c, [0, 1])
     with pytest.raises(ValueError, match="do not match"):
-        native.ring_sweep((M, M), A, B, E, v, c, [0, 1])  # two leaves need L = 2 coefficients
+        native.ring_pass((M, M), A, B, E, v, c, [0, 1])  # two leaves need L = 2 coefficients
     with pytest.raises(ValueError, match="distinct"):
-        native.ring_sweep(M, A, B, E, v, c, [1, 7])  # 7 = 1 mod 6
+        native.ring_pass(M, A, B, E, v, c, [1, 7])  # 7 = 1 mod 6
     with pytest.raises(ValueError, match="distinct"):
-        native.ring_sweep(M, A, B, E, v, c, [0, 6])  # out of (-n, n)
+        native.ring_pass(M, A, B, E, v, c, [0, 6])  # out of (-n, n)
     with pytest.raises(ValueError, match="float32 and float64"):
-        native.ring_sweep(M.astype(jnp.int32), A, B, E, v, c, [0, 1])
+        native.ring_pass(M.astype(jnp.int32), A, B, E, v, c, [0, 1])
     A2, B2, E2 = jnp.zeros((6, 2, 2)), jnp.zeros((6, 2, 2)), jnp.zeros((6, 2, 1))
     c2 = c.repeat(2, 1)
     with pytest.raises(ValueError, match="n a multiple of 4"):
-        native.ring_sweep((M, M), A2, B2, E2, v, c2, [0, 1])
+        native.ring_pass((M, M), A2, B2, E2, v, c2, [0, 1])
     lstm = rtrl.cells.get("lstm", n_in=1, n_hidden=10, n_out=1)
     with pytest.raises(ValueError, match="native_kernel=True needs"):
         rtrl.algorithms.get("sparse_rtrl", lstm, k=2, native_kernel=True)  # n % 4 != 0
@@ -230,7 +230,7 @@ def test_switch_off_and_build_errors(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="install g\\+\\+ or set \\$CXX"):
         native.build()
     monkeypatch.setenv("CXX", "false")  # a "compiler" that fails
-    with pytest.raises(RuntimeError, match="building ring_sweep.cc failed"):
+    with pytest.raises(RuntimeError, match="building ring_pass.cc failed"):
         native.build()
     assert list(tmp_path.iterdir()) == []  # no half-written library left behind
 
@@ -267,7 +267,7 @@ def test_no_compiler_falls_back_to_xla(monkeypatch, tmp_path, fresh_decision):
             _sparse_and_traces(cell, None), _sparse_and_traces(cell, False), strict=True
         ):
             (got, hlo), (want, _) = _grads_and_hlo(default, cell), _grads_and_hlo(xla, cell)
-            assert "credit_ring_sweep" not in hlo
+            assert "credit_ring_pass" not in hlo
             for leaf in want:
                 np.testing.assert_array_equal(got[leaf], want[leaf])
     with pytest.raises(ValueError, match="native_kernel=True needs"):
@@ -299,7 +299,7 @@ def test_missing_ffi_api_falls_back_to_xla(monkeypatch, missing, fresh_decision)
         assert not native.available()
     cell = rtrl.cells.get("vanilla", n_in=1, n_hidden=8, n_out=1)
     got, hlo = _grads_and_hlo(rtrl.algorithms.get("sparse_rtrl", cell, k=4), cell)
-    assert "credit_ring_sweep" not in hlo and np.isfinite(got["W_rec"]).all()
+    assert "credit_ring_pass" not in hlo and np.isfinite(got["W_rec"]).all()
 
 
 def _never_build():
@@ -315,7 +315,7 @@ def test_other_backend_never_builds_or_warns(monkeypatch, capsys, fresh_decision
         warnings.simplefilter("error")
         assert not native.available()
         for algo in _sparse_and_traces(cell, None):
-            assert "credit_ring_sweep" not in _grads_and_hlo(algo, cell)[1]
+            assert "credit_ring_pass" not in _grads_and_hlo(algo, cell)[1]
     with pytest.raises(ValueError, match="a CPU backend"):
         rtrl.algorithms.get("traces", cell, native_kernel=True)
     assert capsys.readouterr() == ("", "")
@@ -362,7 +362,7 @@ def test_grad_through_step(cell_name, n, name, opts):
         return jax.jit(jax.grad(objective, argnums=(0, 1)))(params, state.M), primal_hlo
 
     (got, hlo), (want, _) = grads(None), grads(False)
-    assert ("credit_ring_sweep" in hlo) == native.available()
+    assert ("credit_ring_pass" in hlo) == native.available()
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
     assert max(float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(want)) > 1e-2
@@ -422,10 +422,10 @@ _CONCURRENT = textwrap.dedent(
         A = jnp.asarray(0.3 * rng.normal(size=(n, 1, 4)), jnp.float32)
         B, E = jnp.full((n, 1, 1), 0.5), jnp.ones((n, 1, 1))
         v, c = jnp.ones(m), jnp.ones((n, 1))
-        one = jax.jit(lambda M, A: native.ring_sweep(M, A, B, E, v, c, offsets))
+        one = jax.jit(lambda M, A: native.ring_pass(M, A, B, E, v, c, offsets))
         want = [one(M, A * i) for i, M in enumerate(Ms)]
         five = jax.jit(
-            lambda Ms: [native.ring_sweep(M, A * i, B, E, v, c, offsets) for i, M in enumerate(Ms)]
+            lambda Ms: [native.ring_pass(M, A * i, B, E, v, c, offsets) for i, M in enumerate(Ms)]
         )
         for _ in range(10):
             jax.tree.map(np.testing.assert_array_equal, five(Ms), want)

@@ -11,7 +11,7 @@
 //   g[:]        = Σ_i Σ_l coef[i, l] M_l,t-1[i, :]            (the gradient contraction)
 //
 // Columns are independent, so M is split in column tiles [c0, c0 + W). Within a tile the rows are
-// swept in order (in blocks of 4 on the banded path, see Band), each row's run of W values read
+// passed in order (in blocks of 4 on the banded path, see Band), each row's run of W values read
 // from M once and overwritten once in the same fused loop (which also takes the contraction); the
 // old rows still needed after their own turn are kept in small buffers that stay in cache. So M
 // is read once and written once, in long contiguous runs the hardware prefetcher follows (helped
@@ -121,7 +121,7 @@ void Row(T* __restrict row, T* __restrict saved, T* __restrict g, T ci, T self,
   }
 }
 
-// Tile `index`: batch element b, columns [c0, c0 + W). Rows are swept in order i = 0 .. n-1, each
+// Tile `index`: batch element b, columns [c0, c0 + W). Rows are passed in order i = 0 .. n-1, each
 // read once from M (a contiguous run of W values) and overwritten once; the old rows that are
 // still needed after their own turn (i - lo .. i - 1, and rows 0 .. hi - 1 for the wrap at the
 // end) are kept in small buffers that stay in cache.
@@ -186,7 +186,7 @@ void RunTile(const Problem<T>& p, int64_t index, T* ring, T* head, T* acc) {
 }
 
 // Banded fast path for the ring mask (offsets exactly -lo .. hi, k = lo + hi + 1 <= 8, lo =
-// (k - 1) / 2), for L = 1 or 2 leaves: rows are swept in blocks of RB, and each column's window of
+// (k - 1) / 2), for L = 1 or 2 leaves: rows are passed in blocks of RB, and each column's window of
 // RB + k - 1 old h values is loaded once and used by all RB rows and both leaves (A [L, RB, K]:
 // leaf l, row r, coefficient of window entry r + q, with B[·, 0] folded in at q = lo; Bc [L, RB]:
 // coefficient of the row's own old c), so a value is read from cache about (RB + k - 1) / RB
@@ -327,7 +327,7 @@ struct Shared {
 };
 
 template <typename T>
-void Sweep(const Problem<T>& p, int64_t i, T* ring, T* head, T* acc) {
+void TilePass(const Problem<T>& p, int64_t i, T* ring, T* head, T* acc) {
   switch (p.banded ? p.L * 16 + p.banded : 0) {
     case 17: BandTile<T, kRows, 1, 1>(p, i, ring, head); break;
     case 18: BandTile<T, kRows, 2, 1>(p, i, ring, head); break;
@@ -359,7 +359,7 @@ int64_t Work(Shared& shared, const Problem<T>& p) {
   std::vector<T> head(std::max<int64_t>(p.hi, 1) * p.tile);
   int64_t ran = 0;
   for (; i < shared.total; i = shared.next.fetch_add(1), ++ran) {
-    Sweep(p, i, ring.data(), head.data(), acc.data());
+    TilePass(p, i, ring.data(), head.data(), acc.data());
   }
   return ran;
 }
@@ -394,7 +394,7 @@ ffi::Error Typed(ffi::ThreadPool& pool, int L, const ffi::AnyBuffer* M_in, ffi::
                  ffi::AnyBuffer* g) {
   auto dims = M_in[0].dimensions();
   const int64_t rank = dims.size();
-  if (rank < 3) return ffi::Error::InvalidArgument("ring_sweep: M must be [..., n, R, m]");
+  if (rank < 3) return ffi::Error::InvalidArgument("ring_pass: M must be [..., n, R, m]");
   Problem<T> p;
   p.L = L;
   p.n = dims[rank - 3];
@@ -402,7 +402,7 @@ ffi::Error Typed(ffi::ThreadPool& pool, int L, const ffi::AnyBuffer* M_in, ffi::
   p.P = dims[rank - 2] * p.m;
   p.k = static_cast<int64_t>(offsets.size());
   if (p.n == 0 || dims[rank - 2] % p.n != 0) {
-    return ffi::Error::InvalidArgument("ring_sweep: M must be [..., n, G n, m]");
+    return ffi::Error::InvalidArgument("ring_pass: M must be [..., n, G n, m]");
   }
   p.G = dims[rank - 2] / p.n;
   p.batch = static_cast<int64_t>(M_in[0].element_count()) / std::max<int64_t>(p.n * p.P, 1);
@@ -411,7 +411,7 @@ ffi::Error Typed(ffi::ThreadPool& pool, int L, const ffi::AnyBuffer* M_in, ffi::
   if (count(A) != bn * L * p.k || count(B) != bn * L * L || count(E) != bn * L * p.G ||
       count(coef) != bn * L || count(v) != p.batch * p.m || count(*g) != p.batch * p.P ||
       (L == 2 && count(M_in[1]) != count(M_in[0]))) {
-    return ffi::Error::InvalidArgument("ring_sweep: operand sizes do not match M");
+    return ffi::Error::InvalidArgument("ring_pass: operand sizes do not match M");
   }
   for (int l = 0; l < L; ++l) {
     p.M[l] = M_out[l]->typed_data<T>();
@@ -431,7 +431,7 @@ ffi::Error Typed(ffi::ThreadPool& pool, int L, const ffi::AnyBuffer* M_in, ffi::
   p.hi = 0;
   for (int64_t s = 0; s < p.k; ++s) {
     if (offsets[s] <= -p.n || offsets[s] >= p.n) {
-      return ffi::Error::InvalidArgument("ring_sweep: offsets must lie in (-n, n)");
+      return ffi::Error::InvalidArgument("ring_pass: offsets must lie in (-n, n)");
     }
     p.lo = std::max(p.lo, -offsets[s]);
     p.hi = std::max(p.hi, offsets[s]);
@@ -447,7 +447,7 @@ ffi::Error Typed(ffi::ThreadPool& pool, int L, const ffi::AnyBuffer* M_in, ffi::
   p.banded = contiguous ? static_cast<int>(K) : 0;
   if (L == 2 && !p.banded) {
     return ffi::Error::InvalidArgument(
-        "ring_sweep: two leaves (LSTM) need ring offsets, k <= 8 and n a multiple of 4");
+        "ring_pass: two leaves (LSTM) need ring offsets, k <= 8 and n a multiple of 4");
   }
   // The rows a tile keeps in flight take about 256 KiB, a quarter of a core's L2 here (tiles of
   // 32 to 1024 KiB measured within 15 % of each other at n = 256).
@@ -469,11 +469,11 @@ ffi::Error Dispatch(ffi::ThreadPool& pool, int L, const ffi::AnyBuffer* M_in, ff
     case ffi::DataType::F64:
       return Typed<double>(pool, L, M_in, A, B, E, v, coef, offsets, M_out, g);
     default:
-      return ffi::Error::InvalidArgument("ring_sweep: M must be float32 or float64");
+      return ffi::Error::InvalidArgument("ring_pass: M must be float32 or float64");
   }
 }
 
-ffi::Error RingSweep(ffi::ThreadPool pool, ffi::AnyBuffer M, ffi::AnyBuffer A, ffi::AnyBuffer B,
+ffi::Error RingPass(ffi::ThreadPool pool, ffi::AnyBuffer M, ffi::AnyBuffer A, ffi::AnyBuffer B,
                      ffi::AnyBuffer E, ffi::AnyBuffer v, ffi::AnyBuffer coef,
                      ffi::Span<const int64_t> offsets, ffi::Result<ffi::AnyBuffer> M_out,
                      ffi::Result<ffi::AnyBuffer> g) {
@@ -481,7 +481,7 @@ ffi::Error RingSweep(ffi::ThreadPool pool, ffi::AnyBuffer M, ffi::AnyBuffer A, f
   return Dispatch(pool, 1, &M, A, B, E, v, coef, offsets, out, &*g);
 }
 
-ffi::Error RingSweep2(ffi::ThreadPool pool, ffi::AnyBuffer M_h, ffi::AnyBuffer M_c,
+ffi::Error RingPass2(ffi::ThreadPool pool, ffi::AnyBuffer M_h, ffi::AnyBuffer M_c,
                       ffi::AnyBuffer A, ffi::AnyBuffer B, ffi::AnyBuffer E, ffi::AnyBuffer v,
                       ffi::AnyBuffer coef, ffi::Span<const int64_t> offsets,
                       ffi::Result<ffi::AnyBuffer> M_h_out, ffi::Result<ffi::AnyBuffer> M_c_out,
@@ -495,7 +495,7 @@ ffi::Error RingSweep2(ffi::ThreadPool pool, ffi::AnyBuffer M_h, ffi::AnyBuffer M
 
 // Shapes (leading batch axes allowed on every operand): M leaves [n, R, m], A [n, L, k],
 // B [n, L, L], E [n, L, G], v [m], coef [n, L]; returns the leaves (aliased) and g [R, m].
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CreditRingSweep, RingSweep,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CreditRingPass, RingPass,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()  // M
@@ -508,7 +508,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CreditRingSweep, RingSweep,
                                   .Ret<ffi::AnyBuffer>()   // M_t
                                   .Ret<ffi::AnyBuffer>());  // g
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CreditRingSweep2, RingSweep2,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CreditRingPass2, RingPass2,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()  // M_h

@@ -1,6 +1,6 @@
-"""The blocked in-place sweep (rtrl.sweep) against the whole-tensor update, float64.
+"""The blocked in-place pass (rtrl.inplace) against the whole-tensor update, float64.
 
-At the study's sizes the sweep runs for ring-sparse RTRL at n >= 128 (LSTM: n >= 64) and for traces
+At the study's sizes the pass runs for ring-sparse RTRL at n >= 128 (LSTM: n >= 64) and for traces
 when M exceeds 32 MiB; here BLOCK_BYTES and TRACES_MIN_BYTES are lowered so that it runs at n = 24
 with blocks of 2, 3, 4 and 6 neurons, including the ring's wrap-around at both ends. The vanilla
 cell is built with native_kernel=False: on a CPU it would otherwise take the `rtrl.native` kernel
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import rtrl
-from rtrl import sweep
+from rtrl import inplace
 
 N, N_IN, N_OUT, T = 24, 2, 3, 9  # n >= 4k, so ring k = 4 takes the gather path
 CASES = [
@@ -34,23 +34,23 @@ def _row_bytes(cell):
 
 
 @pytest.mark.parametrize("cell_name", ["vanilla", "lstm"])
-def test_sweep_equals_whole_tensor_update(cell_name, monkeypatch):
+def test_pass_equals_whole_tensor_update(cell_name, monkeypatch):
     cell = rtrl.cells.get(cell_name, n_in=N_IN, n_hidden=N, n_out=N_OUT)
     calls = {"n": 0}
-    real = sweep.update_and_contract
+    real = inplace.update_and_contract
 
     def counting(*args, **kwargs):
         calls["n"] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sweep, "update_and_contract", counting)
-    monkeypatch.setattr(sweep, "TRACES_MIN_BYTES", 0)
+    monkeypatch.setattr(inplace, "update_and_contract", counting)
+    monkeypatch.setattr(inplace, "TRACES_MIN_BYTES", 0)
     algos = {}
     for name, opts in CASES:
-        monkeypatch.setattr(sweep, "BLOCK_BYTES", 1 << 40)  # one block: whole-tensor path
+        monkeypatch.setattr(inplace, "BLOCK_BYTES", 1 << 40)  # one block: whole-tensor path
         algos[(name, str(opts), "whole")] = _get(name, cell, opts)
         for block in (2, 3, 4, 6):
-            monkeypatch.setattr(sweep, "BLOCK_BYTES", block * _row_bytes(cell))
+            monkeypatch.setattr(inplace, "BLOCK_BYTES", block * _row_bytes(cell))
             algos[(name, str(opts), str(block))] = _get(name, cell, opts)
 
     rng = np.random.default_rng(5)
@@ -67,7 +67,7 @@ def test_sweep_equals_whole_tensor_update(cell_name, monkeypatch):
         }
 
     grads = all_grads(params, xs, ys)
-    assert calls["n"] == len(CASES) * 4  # every blocked algorithm took the sweep (one trace each)
+    assert calls["n"] == len(CASES) * 4  # every blocked algorithm took the pass (one trace each)
     for name, opts in CASES:
         ref = grads[(name, str(opts), "whole")]
         for block in (2, 3, 4, 6):
@@ -81,9 +81,9 @@ def test_sweep_equals_whole_tensor_update(cell_name, monkeypatch):
 
 def test_block_rows_choice():
     row = 264 * 1024
-    assert sweep.block_rows(256, row, reach=2) == 8  # 8 rows ≈ 2 MiB ≤ 4 MiB < 16 rows
-    assert sweep.block_rows(64, 17 * 1024, reach=2) is None  # M fits one block: no sweep
-    assert sweep.block_rows(12, 10**9, reach=2) is None  # no block small enough
-    sixth = sweep.BLOCK_BYTES // 6
-    assert sweep.block_rows(12, sixth, reach=2) == 6  # largest divisor of n that fits
-    assert sweep.block_rows(12, sixth, reach=7) is None  # a block must reach the neighbours
+    assert inplace.block_rows(256, row, reach=2) == 8  # 8 rows ≈ 2 MiB ≤ 4 MiB < 16 rows
+    assert inplace.block_rows(64, 17 * 1024, reach=2) is None  # M fits one block: no pass
+    assert inplace.block_rows(12, 10**9, reach=2) is None  # no block small enough
+    sixth = inplace.BLOCK_BYTES // 6
+    assert inplace.block_rows(12, sixth, reach=2) == 6  # largest divisor of n that fits
+    assert inplace.block_rows(12, sixth, reach=7) is None  # a block must reach the neighbours

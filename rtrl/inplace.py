@@ -7,13 +7,13 @@ neuron-i slice of M depends on old slices i + o_min … i + o_max only. So the s
     M_t[i] = core'(z_t, s_{t-1})_i · (I_t[i] + P_t[i], M_{t-1}[i])   (+ γ M_h,{t-1}[i], traces)
     g      = Σ_i coef_i M_{t-1}[i]                                    (the gradient contraction)
 
-can sweep i in blocks of B neurons, read each old block once, write its new block over it
+can pass i in blocks of B neurons, read each old block once, write its new block over it
 (`dynamic_update_slice` of a loop-carried buffer, which XLA does in place), and accumulate the
 contraction from the same cached block. The old rows a block needs travel in the loop state as a
 small window (rows start−L … start+B+U−1 of the hidden leaf, L and U the reach of the offsets
 below and above); the next window is sliced from M after the current block was written (its new
 rows lie above the written ones, so they are still old; the U rows past the ring's end are
-saved before the sweep). That is one read and one write of M per step, the M-touch floor.
+saved before the pass). That is one read and one write of M per step, the M-touch floor.
 
 The obvious whole-tensor program reads M for the contraction, reads it again (shifted) for the
 update, writes a new M and then copies it back into the loop-carried buffer, because an update
@@ -36,7 +36,7 @@ from rtrl import cells
 # the loop, small enough that a block and its neighbours stay in cache between the passes.
 # Vanilla n=256, k=4, idle: blocks of 1, 2, 4, 8, 16 MiB took 18, 14, 11, 11, 15 ms per step.
 BLOCK_BYTES = 4 << 20
-# Traces (no propagation term) only take the sweep when M is larger than this machine's L3
+# Traces (no propagation term) only take the pass when M is larger than this machine's L3
 # (32 MiB): below it the whole-tensor update, an elementwise pass over cached data, was as fast
 # or faster (LSTM n=64: 0.9 vs 1.8 ms per step), while ring-sparse RTRL gains at every size
 # where blocks apply (LSTM n=64: 32 → 6 ms per step).
@@ -45,7 +45,7 @@ TRACES_MIN_BYTES = 32 << 20
 
 def block_rows(n: int, row_bytes: int, reach: int) -> int | None:
     """Neurons per block: the largest divisor of n below n that is at least `reach` and keeps a
-    block within BLOCK_BYTES; None (no sweep) when all of M fits in one block, where the plain
+    block within BLOCK_BYTES; None (no pass) when all of M fits in one block, where the plain
     program is already one pass over cached data, or when no divisor qualifies."""
     if n * row_bytes <= BLOCK_BYTES:
         return None
