@@ -78,8 +78,8 @@ class DepthStudy:
     def make_run(self, kind: str, trainer_name: str, depth: int, lanes: list[dict], steps: int):
         """Lane i: params from fold_in(fold_in(PRNGKey(seed), s_i), 0), noise key from (…, 1)."""
         c = self.config
-        trainer = study_trainer(c, trainer_name, model_config(c, depth))
         cfg = model_config(c, depth)
+        trainer = study_trainer(c, trainer_name, cfg)
         keys = runner.seed_keys([lane["seed"] for lane in lanes], 2, root=c.seed)
 
         def init():
@@ -88,23 +88,12 @@ class DepthStudy:
 
             return jax.jit(jax.vmap(one))(keys)
 
-        last = {}
-
-        def batches(first, n):
-            if last.get("at") == (first, n):
-                return last["batches"]
-            last["at"], last["batches"] = (
-                (first, n),
-                np.stack(
-                    [
-                        text.random_windows(
-                            self.corpus.train, c.batch_size, c.seq_len + 1, c.data_seed, first + i
-                        )
-                        for i in range(n)
-                    ]
-                ),
-            )
-            return last["batches"]
+        def batches(first, n):  # batch i of every run: the seeded sampler at step i
+            windows = [
+                text.random_windows(self.corpus.train, c.batch_size, c.seq_len + 1, c.data_seed, i)
+                for i in range(first, first + n)
+            ]
+            return np.stack(windows)
 
         tokens_per_step = c.batch_size * c.seq_len * len(lanes)
 
