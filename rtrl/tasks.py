@@ -24,8 +24,9 @@ so these are our choices:
 - "copy" (`copy_stream`): copy task (Hochreiter & Schmidhuber 1997), 1000 episodes of
   2 · seq_len = 10 steps, seq_len = 5 symbols from n_symbols = 8. Input phase: one-hot symbol on
   channels 0..7, "go" channel 8 = 0, weight 0, target 0. Output phase: symbol channels 0, go = 1,
-  target one-hot of the episode's symbols in order, weight 1. n_in = 9, n_out = 8, "xent",
-  chance accuracy 1/8; length = 10000.
+  target one-hot of the episode's symbols in order, weight 1; `delay` blank steps (all inputs 0,
+  weight 0) between the phases (default 0). n_in = 9, n_out = 8, "xent", chance accuracy 1/8;
+  length = (2 · seq_len + delay) · n_episodes = 10000.
 - "adding" (`adding_stream`): adding problem (Hochreiter & Schmidhuber 1997), 500 episodes of
   T = 50 steps. Channel 0 = value ~ U(0, 1), channel 1 = marker; exactly two markers per episode,
   one uniform in the first half [0, T//2) and one in the second half [T//2, T). Target = sum of the
@@ -208,25 +209,36 @@ def lorenz_stream(
 
 
 def copy_stream(
-    key: jax.Array, *, n_episodes: int = 1000, seq_len: int = 5, n_symbols: int = 8
+    key: jax.Array,
+    *,
+    n_episodes: int = 1000,
+    seq_len: int = 5,
+    n_symbols: int = 8,
+    delay: int = 0,
 ) -> Stream:
-    """Copy task: per episode, read `seq_len` symbols, then on "go" emit them in order.
+    """Copy task: per episode, read `seq_len` symbols, wait `delay` blank steps, then on "go"
+    emit them in order.
 
-    Episode e (2 · seq_len steps), symbols a_{e,0..L−1} ~ U{0..n_symbols−1}, L = seq_len:
-      step i < L:   x = [onehot(a_{e,i}), 0],  y = 0,                weight 0
-      step L + i:   x = [0, 1],                y = onehot(a_{e,i}),  weight 1
-    xs [T, n_symbols + 1], ys [T, n_symbols], weights [T], T = 2 · L · n_episodes.
+    Episode e (2 · seq_len + delay steps), symbols a_{e,0..L−1} ~ U{0..n_symbols−1}, L = seq_len,
+    D = delay:
+      step i < L:       x = [onehot(a_{e,i}), 0],  y = 0,                weight 0
+      step L + j < L+D: x = [0, 0],                y = 0,                weight 0   (the delay)
+      step L + D + i:   x = [0, 1],                y = onehot(a_{e,i}),  weight 1
+    xs [T, n_symbols + 1], ys [T, n_symbols], weights [T], T = (2 · L + D) · n_episodes.
     """
-    L, C = seq_len, n_symbols
+    if delay < 0:
+        raise ValueError(f"delay must be >= 0 blank steps, got {delay}")
+    L, C, D = seq_len, n_symbols, delay
     symbols = jax.random.randint(key, (n_episodes, L), 0, C)  # [E, L]
     onehot = jax.nn.one_hot(symbols, C)  # [E, L, C]
     zeros = jnp.zeros_like(onehot)
+    blank = jnp.zeros((n_episodes, D, C + 1))
     no_go, go = jnp.zeros((n_episodes, L, 1)), jnp.ones((n_episodes, L, 1))
     xs = jnp.concatenate(
-        [jnp.concatenate([onehot, no_go], -1), jnp.concatenate([zeros, go], -1)], axis=1
-    )  # [E, 2L, C + 1]
-    ys = jnp.concatenate([zeros, onehot], axis=1)  # [E, 2L, C]
-    weights = jnp.tile(jnp.concatenate([jnp.zeros(L), jnp.ones(L)]), n_episodes)
+        [jnp.concatenate([onehot, no_go], -1), blank, jnp.concatenate([zeros, go], -1)], axis=1
+    )  # [E, 2L + D, C + 1]
+    ys = jnp.concatenate([zeros, blank[..., :C], onehot], axis=1)  # [E, 2L + D, C]
+    weights = jnp.tile(jnp.concatenate([jnp.zeros(L + D), jnp.ones(L)]), n_episodes)
     return Stream(xs=xs.reshape(-1, C + 1), ys=ys.reshape(-1, C), weights=weights)
 
 
@@ -290,7 +302,7 @@ _REGISTRY: dict[str, _Entry] = {
             p["n_symbols"] + 1,
             p["n_symbols"],
             "xent",
-            2 * p["seq_len"] * p["n_episodes"],
+            (2 * p["seq_len"] + p["delay"]) * p["n_episodes"],
             (),
         ),
     ),

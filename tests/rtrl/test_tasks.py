@@ -127,6 +127,20 @@ def test_multi_sine_recurrence_per_regime():
         assert _sine_recurrence_residual(x, wrong, range(lo + 1, hi)) > 1e-3
 
 
+def test_copy_delay_separates_the_phases_with_blank_unscored_steps():
+    spec = tasks.get("copy", n_episodes=3, seq_len=2, n_symbols=4, delay=3)
+    assert spec.length == 3 * (2 * 2 + 3)
+    s = spec.make(jax.random.key(0))
+    xs = np.asarray(s.xs).reshape(3, 7, 5)
+    ys = np.asarray(s.ys).reshape(3, 7, 4)
+    np.testing.assert_array_equal(np.asarray(s.weights).reshape(3, 7), [[0, 0, 0, 0, 0, 1, 1]] * 3)
+    np.testing.assert_array_equal(xs[:, 2:5], 0.0)  # the delay: no symbol, no go
+    np.testing.assert_array_equal(xs[:, 5:, 4], 1.0)  # then go
+    np.testing.assert_array_equal(ys[:, 5:].argmax(-1), xs[:, :2, :4].argmax(-1))  # recall in order
+    with pytest.raises(ValueError, match="delay must be >= 0"):
+        tasks.get("copy", delay=-1).make(jax.random.key(0))
+
+
 def test_copy_episodes():
     spec = tasks.get("copy", n_episodes=50)
     assert (spec.n_in, spec.n_out, spec.loss, spec.length, spec.shifts) == (9, 8, "xent", 500, ())
