@@ -103,6 +103,14 @@ def make_run(config, work: dict, runner_: runner.Runner) -> runner.Run:
     def step(state, batch, args):
         state, rec = learner.step(state, *batch)
         out = {"loss": rec.loss, "cosine": rec.cosine, "ratio": rec.magnitude_ratio}
+        if shadow is not None:  # over Θ above; per group, the readout and the inflated cosine
+            out.update(
+                group_cosine=rec.group_cosine,  # [3] W_rec, W_in, b
+                readout_norm=rec.readout_norm,  # [2] W_out, b_out
+                shadow_readout_norm=rec.shadow_readout_norm,  # [2]
+                readout_difference=rec.readout_difference,
+                cosine_with_readout=rec.cosine_with_readout,
+            )
         if spec.loss == "xent":
             out["prediction"] = rec.prediction
         return state, out
@@ -118,9 +126,20 @@ def make_run(config, work: dict, runner_: runner.Runner) -> runner.Run:
     def rows(first, n, values, extra, seconds):
         row = {"setting": setting["name"], "method": method["label"], "lr": work["lr"]}
         row.update(step=first + n, seeds=seeds, loss=_clean(values["loss"].mean(axis=1)))
-        if np.isfinite(values["cosine"]).any():
+        if np.isfinite(values["cosine"]).any():  # chunk means per seed, over Θ
             row["cosine"] = _clean(np.nanmean(values["cosine"], axis=1))
             row["magnitude_ratio"] = _clean(np.nanmean(values["ratio"], axis=1))
+            if "group_cosine" in values:
+                by_seed = np.nanmean(values["group_cosine"], axis=1)  # [S, 3]
+                row["group_cosine"] = {
+                    p: _clean(by_seed[:, i]) for i, p in enumerate(rtrl.cells.RECURRENT)
+                }
+                row["cosine_with_readout"] = _clean(
+                    np.nanmean(values["cosine_with_readout"], axis=1)
+                )
+                row["readout_difference_max"] = _clean(
+                    np.nanmax(values["readout_difference"], axis=1)
+                )
         return [row]
 
     def finish(state, records, diverged):

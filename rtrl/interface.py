@@ -7,7 +7,7 @@
 parameters of this step; `out.loss` is L_t and `out.prediction` is y_t, both computed before any
 update (prequential). Readout gradients are exact for every algorithm: ∂L_t/∂W_out = e_t h_tᵀ,
 ∂L_t/∂b_out = e_t with e_t = ∂L_t/∂y_t. Algorithms differ only in ∂L_t/∂Θ for the recurrent
-parameters Θ = [W_rec | W_in | b].
+parameters Θ = [W_rec | W_in | b], so gradient diagnostics compare Θ only (rtrl/online.py).
 """
 
 from collections.abc import Callable
@@ -57,7 +57,3 @@ def readout_step(cell, loss_fn, params, h, target):
 def assemble(cell, rec_grad_theta, readout_grads) -> dict:
     """Full gradient pytree from ∂L/∂Θ [R, m] and the readout gradients."""
     return {**cells_lib.split_theta(cell, rec_grad_theta), **readout_grads}
-
-
-def tree_norm(tree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(tree)))

@@ -4,8 +4,9 @@ Time is the last axis of every per-step array, so leading axes (seeds, configs) 
 losses [..., T] -> metric [...]. Loss traces are the online (prequential) per-step losses, each
 computed on step t before the update that uses step t.
 
-Pytree and matrix diagnostics (`gradient_cosine`, `magnitude_ratio`, `jacobian_spectrum`) take
-one unbatched input; callers `jax.vmap` them over seeds or steps.
+Pytree and matrix diagnostics (`tree_norm`, `gradient_cosine`, `magnitude_ratio`,
+`jacobian_spectrum`) take one unbatched input; callers `jax.vmap` them over seeds or steps. They
+are the project's one pytree norm and cosine.
 """
 
 from __future__ import annotations
@@ -116,19 +117,26 @@ def _tree_inner(a, b) -> jax.Array:
     return sum(parts[1:], parts[0])
 
 
+def tree_norm(tree) -> jax.Array:
+    """‖g‖ = sqrt(Re⟨g, g⟩) over all leaves flattened and concatenated; unbatched, scalar."""
+    return jnp.sqrt(_tree_inner(tree, tree))
+
+
 def gradient_cosine(g, g_ref) -> jax.Array:
     """cos(g, g_ref) = ⟨g, g_ref⟩ / (‖g‖ ‖g_ref‖) over all leaves flattened and concatenated.
 
     Unbatched pytrees of equal structure; scalar result. No ε clamp: nan if either norm is 0.
-    Complex leaves use the real inner product Re Σ conj(g) g_ref.
+    Complex leaves use the real inner product Re Σ conj(g) g_ref. The cosine is over exactly the
+    leaves passed: leaves on which g and g_ref agree by construction (a readout every method
+    computes exactly) distort it (towards 1 when ‖g‖ ≈ ‖g_ref‖), so pass only the leaves the
+    methods differ on.
     """
-    norms = jnp.sqrt(_tree_inner(g, g)) * jnp.sqrt(_tree_inner(g_ref, g_ref))
-    return _tree_inner(g, g_ref) / norms
+    return _tree_inner(g, g_ref) / (tree_norm(g) * tree_norm(g_ref))
 
 
 def magnitude_ratio(g, g_ref) -> jax.Array:
     """‖g‖ / ‖g_ref‖ over all leaves flattened and concatenated; unbatched pytrees, scalar."""
-    return jnp.sqrt(_tree_inner(g, g)) / jnp.sqrt(_tree_inner(g_ref, g_ref))
+    return tree_norm(g) / tree_norm(g_ref)
 
 
 def jacobian_spectrum(M, variance: float = 0.95) -> tuple[jax.Array, jax.Array]:

@@ -7,7 +7,15 @@
 Every record is prequential: the loss and prediction at step t are computed with θ_t before the
 update θ_{t+1} = θ_t + optimizer(g_t). With a `shadow` algorithm (full RTRL), the shadow's state
 is advanced with the same θ_t on the same inputs but its gradient is never applied, so the
-recorded gradient cosine and magnitude ratio compare the two estimates on one trajectory.
+recorded diagnostics compare the two estimates on one trajectory.
+
+The diagnostics are over the recurrent parameters Θ = [W_rec | W_in | b] (`rtrl.cells.RECURRENT`)
+only. The readout gradients ∂L_t/∂W_out = e_t h_tᵀ and ∂L_t/∂b_out = e_t are exact for every
+algorithm (rtrl/interface.py), so including them adds the same ‖g_readout‖² to the inner product
+and to both norms: the cosine is pulled towards 1 where ‖g_Θ‖ ≈ ‖g_Θ^sh‖ (sparse RTRL k=4 on
+sine: 0.85 with the readout, 0.56 without) and can drop where the magnitudes differ. The readout
+is recorded apart, as norms and a difference, to show that it is identical (to rounding), and
+`cosine_with_readout` keeps the old all-parameter cosine for comparison.
 Seeds are a `jax.vmap` over `init` keys and streams; nothing here is batched by hand.
 """
 
@@ -18,7 +26,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rtrl.interface import Algorithm, tree_norm
+from rtrl import metrics
+from rtrl.cells import READOUT, RECURRENT
+from rtrl.interface import Algorithm
 
 
 class OnlineState(NamedTuple):
@@ -29,11 +39,21 @@ class OnlineState(NamedTuple):
 
 
 class StepRecord(NamedTuple):
+    """One step's record; g_t is the algorithm's gradient, g_t^sh the shadow's (nan without one).
+
+    Θ is [W_rec | W_in | b]; "readout" is (W_out, b_out).
+    """
+
     loss: jax.Array  # [] L_t before the update
     prediction: jax.Array  # [n_out]
-    grad_norm: jax.Array  # [] ‖g_t‖
-    cosine: jax.Array  # [] cos(g_t, g_t^shadow), nan without a shadow
-    magnitude_ratio: jax.Array  # [] ‖g_t‖ / ‖g_t^shadow‖, nan without a shadow
+    grad_norm: jax.Array  # [] ‖g_t‖ over every parameter (the gradient the optimizer gets)
+    cosine: jax.Array  # [] cos(g_t,Θ, g_t,Θ^sh), over Θ only
+    magnitude_ratio: jax.Array  # [] ‖g_t,Θ‖ / ‖g_t,Θ^sh‖
+    group_cosine: jax.Array  # [3] cos(g_t,p, g_t,p^sh) for p in RECURRENT order (W_rec, W_in, b)
+    readout_norm: jax.Array  # [2] (‖g_t,W_out‖, ‖g_t,b_out‖)
+    shadow_readout_norm: jax.Array  # [2] (‖g_t,W_out^sh‖, ‖g_t,b_out^sh‖)
+    readout_difference: jax.Array  # [] ‖g_t,readout − g_t,readout^sh‖, 0 by construction
+    cosine_with_readout: jax.Array  # [] cos(g_t, g_t^sh) over every parameter (misleading)
 
 
 class Online(NamedTuple):
@@ -42,8 +62,45 @@ class Online(NamedTuple):
     scan: Callable[..., tuple[OnlineState, StepRecord]]  # (state, xs [T,...], ys) -> records [T]
 
 
-def _dot(a, b):
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+def _part(grads: dict, names) -> dict:
+    missing = [name for name in names if name not in grads]
+    if missing:
+        raise ValueError(
+            f"gradient diagnostics need the parameters {list(names)}; the gradient has "
+            f"{sorted(grads)} (missing {missing})"
+        )
+    return {name: grads[name] for name in names}
+
+
+def shadow_diagnostics(grads: dict, ref: dict) -> dict:
+    """The StepRecord's comparison fields of a gradient `grads` against a reference `ref`.
+
+    grads, ref: unbatched gradient pytrees with the cell's parameter names. Cosines and the ratio
+    are over Θ = RECURRENT (and per group); the readout enters only as norms, its difference and
+    the all-parameter `cosine_with_readout`. Shapes as in StepRecord.
+    """
+    theta, theta_ref = _part(grads, RECURRENT), _part(ref, RECURRENT)
+    readout, readout_ref = _part(grads, READOUT), _part(ref, READOUT)
+    return {
+        "cosine": metrics.gradient_cosine(theta, theta_ref),
+        "magnitude_ratio": metrics.magnitude_ratio(theta, theta_ref),
+        "group_cosine": jnp.stack([metrics.gradient_cosine(grads[p], ref[p]) for p in RECURRENT]),
+        "readout_norm": jnp.stack([metrics.tree_norm(grads[p]) for p in READOUT]),
+        "shadow_readout_norm": jnp.stack([metrics.tree_norm(ref[p]) for p in READOUT]),
+        "readout_difference": metrics.tree_norm(jax.tree.map(jnp.subtract, readout, readout_ref)),
+        "cosine_with_readout": metrics.gradient_cosine(grads, ref),
+    }
+
+
+_NO_SHADOW = {  # StepRecord's comparison fields and their shapes, all nan without a shadow
+    "cosine": (),
+    "magnitude_ratio": (),
+    "group_cosine": (len(RECURRENT),),
+    "readout_norm": (len(READOUT),),
+    "shadow_readout_norm": (len(READOUT),),
+    "readout_difference": (),
+    "cosine_with_readout": (),
+}
 
 
 def make_online(
@@ -56,17 +113,18 @@ def make_online(
 
     def step(state, x, y):
         algo_state, out = algo.step(state.params, state.algo_state, x, y)
-        norm = tree_norm(out.grads)
-        nan = jnp.full((), jnp.nan, norm.dtype)
-        cosine, ratio, shadow_state = nan, nan, state.shadow_state
+        norm = metrics.tree_norm(out.grads)
+        shadow_state = state.shadow_state
         if shadow is not None:
             shadow_state, ref = shadow.step(state.params, state.shadow_state, x, y)
-            ref_norm = tree_norm(ref.grads)
-            cosine = _dot(out.grads, ref.grads) / (norm * ref_norm)
-            ratio = norm / ref_norm
+            compared = shadow_diagnostics(out.grads, ref.grads)
+        else:
+            compared = {
+                name: jnp.full(shape, jnp.nan, norm.dtype) for name, shape in _NO_SHADOW.items()
+            }
         updates, opt_state = optimizer.update(out.grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        record = StepRecord(out.loss, out.prediction, norm, cosine, ratio)
+        record = StepRecord(out.loss, out.prediction, norm, **compared)
         return OnlineState(params, opt_state, algo_state, shadow_state), record
 
     def scan(state, xs, ys):

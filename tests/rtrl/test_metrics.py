@@ -86,6 +86,11 @@ def test_gradient_cosine_and_magnitude():
     assert metrics.magnitude_ratio(g, h) == pytest.approx(
         np.linalg.norm(u) / np.linalg.norm(v), rel=1e-12
     )
+    assert metrics.tree_norm(g) == pytest.approx(np.linalg.norm(u), rel=1e-12)
+    # ‖(3 + 4i, [12])‖ = sqrt(|3 + 4i|² + 12²) = sqrt(25 + 144) = 13: complex leaves by modulus.
+    assert metrics.tree_norm({"z": jnp.array(3 + 4j), "b": [jnp.array([12.0])]}) == pytest.approx(
+        13.0, rel=1e-15
+    )
     # No ε clamp: a zero gradient gives nan.
     assert math.isnan(float(metrics.gradient_cosine(jax.tree.map(jnp.zeros_like, g), g)))
     with pytest.raises(ValueError, match="differ"):
