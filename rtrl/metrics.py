@@ -192,3 +192,25 @@ def recovery(floor, post, full) -> tuple[np.ndarray, float]:
 def _geometric_mean(values) -> float:
     arr = np.asarray(values, np.float64)
     return float(np.exp(np.mean(np.log(arr)))) if np.all(np.isfinite(arr)) else float("nan")
+
+
+def pre_shift_plateau(losses, shift: int, window: int = 500, tolerance: float = 0.1):
+    """Whether the pre-shift loss has plateaued: the mean over the last `window` steps before the
+    shift is no more than `tolerance` (10%) below the mean over the `window` steps before those.
+
+    losses [..., T] -> bool [...]. A network still fitting the first regime (the paper's LSTM
+    footnote) makes a post-shift comparison meaningless; this is the criterion we report. A first
+    regime shorter than two windows is split into two halves instead.
+    """
+    window = min(window, shift // 2)
+    last = window_mean(losses, shift - window, shift)
+    previous = window_mean(losses, shift - 2 * window, shift - window)
+    return last >= (1.0 - tolerance) * previous
+
+
+def every_shift_post(losses, shifts, window: int = 500):
+    """Post-shift loss of every regime after the first: the mean over the last `window` steps
+    before the next shift (the stream's end for the last regime). [..., T] -> [..., len(shifts)]."""
+    losses = jnp.asarray(losses)
+    ends = list(shifts[1:]) + [losses.shape[-1]]
+    return jnp.stack([window_mean(losses, end - window, end) for end in ends], axis=-1)

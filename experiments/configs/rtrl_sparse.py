@@ -68,7 +68,13 @@ def _table3():
         _m("full RTRL", "rtrl", None),
         _m("BPTT w=1 (ref)", "tbptt", "≈ k=4 (text)", w=1),
     ]
-    return [_setting("sine n=64", "sine", methods, shadow=True, spectrum_every=100)]
+    # The paper's stream shifts at step 1000, while the loss still falls 2-8x per 500 steps (the
+    # "pre-shift plateaued" column); the second setting gives the first regime 5000 steps.
+    long = {"length": 6000, "shift_at": 5000}
+    return [
+        _setting("sine n=64", "sine", methods, shadow=True, spectrum_every=100),
+        _setting("sine n=64, 5000-step first regime", "sine", methods, task_options=long),
+    ]
 
 
 _TABLE4_PAPER = {
@@ -113,7 +119,7 @@ def _table5():
             "multi_sine n=64",
             "multi_sine",
             _base_methods(64),
-            metric="first_shift",
+            metric="every_shift",  # each of the 3 shifts, scored before the next one
             per_seed_paper=_TABLE5_PAPER,
         )
     ]
@@ -280,7 +286,10 @@ def _smoke(settings):
             opts.update(n_episodes=4, episode_len=10)
         s["task_options"] = opts
         s["spectrum_every"] = 20 if s.get("spectrum_every") else 0
-        small.append(s)
+        key = ("task", "task_options", "n_hidden", "cell")
+        same = [t for t in small if all(t[k] == s[k] for k in key)]
+        if not same:  # a protocol variant that shrinks to an earlier setting's stream: dropped
+            small.append(s)
     return small
 
 

@@ -7,6 +7,8 @@ import numpy as np
 from experiments import plots, results, runner
 from rtrl import metrics, tasks
 
+SHIFT_METRICS = ("shift", "first_shift", "every_shift")
+
 
 def task_spec(setting) -> tasks.TaskSpec:
     return tasks.get(setting["task"], **setting["task_options"])
@@ -39,15 +41,22 @@ def run_summary(config, setting, work, store, data) -> dict:
     spec, loss, window = task_spec(setting), store["loss"], config.window
     finite = np.all(np.isfinite(loss), axis=1)
     out = {"lr": work["lr"], "diverged": (~finite).astype(int).tolist()}
-    if setting["metric"] in ("shift", "first_shift"):
+    if setting["metric"] in SHIFT_METRICS:
         shift = spec.shifts[0]
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore"):
             if setting["metric"] == "shift":
                 pre, post = metrics.pre_post_mse(loss, shift, window)
-            else:
+            elif setting["metric"] == "first_shift":
                 pre = metrics.window_mean(loss, shift - window, shift)
                 post = metrics.first_shift_post(loss, shift, spec.shifts[1], window)
+            else:  # every_shift: per-seed geometric mean over the regimes after the first
+                pre = metrics.window_mean(loss, shift - window, shift)
+                by_shift = np.asarray(metrics.every_shift_post(loss, spec.shifts, window))
+                out["post_by_shift"] = by_shift.tolist()
+                post = np.exp(np.mean(np.log(by_shift), axis=1))
+            plateau = metrics.pre_shift_plateau(loss, shift, window)
         out["pre"], out["post"] = np.asarray(pre).tolist(), np.asarray(post).tolist()
+        out["pre_plateau"] = np.asarray(plateau).astype(int).tolist()
         cos = store["cosine"]
         if np.isfinite(cos).any():
             out["cos_pre"] = np.nanmean(cos[:, shift - window : shift], axis=1).tolist()
@@ -61,7 +70,9 @@ def run_summary(config, setting, work, store, data) -> dict:
             out["cond"] = np.nanmean(cond, axis=1).tolist()
             out["cond_range"] = [float(np.nanmin(cond)), float(np.nanmax(cond))]
     elif setting["metric"] == "copy":
-        steps = 2 * setting["task_options"].get("seq_len", 5) * config.copy_eval_episodes
+        options = setting["task_options"]
+        episode = 2 * options.get("seq_len", 5) + options.get("delay", 0)
+        steps = episode * config.copy_eval_episodes
         acc = metrics.copy_accuracy(
             store["prediction"], np.asarray(data.ys), np.asarray(data.weights), steps
         )
@@ -105,11 +116,23 @@ def pick_lr(runs: list[dict]) -> dict:
     return best
 
 
+def add_failures(setting, chosen) -> None:
+    """The paper's failure: a seed fails when its post-shift MSE is worse than eligibility
+    traces' on the same seed (or is not finite). Stored per seed as `fails`."""
+    floor = chosen.get(setting.get("traces_floor") or "", {}).get("post")
+    if floor is None or setting["metric"] not in SHIFT_METRICS:
+        return
+    for label, run in chosen.items():
+        if label != setting["traces_floor"]:
+            post = np.asarray(run["post"], np.float64)
+            run["fails"] = (~(post <= np.asarray(floor, np.float64))).astype(int).tolist()
+
+
 def add_recovery(setting, chosen) -> None:
     """R per seed (each seed against its own floor and full run) and R_gm of the geometric means
     over seeds, against the setting's floor and, where present, its traces floor."""
     full = chosen.get(setting.get("full") or "", {}).get("post")
-    if full is None or setting["metric"] not in ("shift", "first_shift"):
+    if full is None or setting["metric"] not in SHIFT_METRICS:
         return
     floors = {"R": chosen.get(setting["floor"], {}).get("post")}
     if setting.get("traces_floor") in chosen:
@@ -133,6 +156,7 @@ def write(config, runner_: runner.Runner, todo, done) -> tuple[str, dict]:
             per_method.setdefault(method["label"], []).append(done[work["id"]])
         chosen = {name: pick_lr(runs) for name, runs in per_method.items()}
         add_recovery(setting, chosen)
+        add_failures(setting, chosen)
         summary["settings"][setting["name"]] = {
             "seeds": seeds_of(config, setting),
             "methods": chosen,
@@ -175,6 +199,23 @@ def _fmt(x, digits=4) -> str:
     if x is None or not np.isfinite(x):
         return "nan"
     return f"{x:.{digits}g}"
+
+
+def _count(flags) -> str:
+    return "n/a" if flags is None else f"{sum(flags)}/{len(flags)}"
+
+
+def _by_shift_table(runs) -> str:
+    n_shifts = len(runs[0][1]["post_by_shift"][0])
+    headers = ["method"] + [f"regime {j + 2}: MSE before its end" for j in range(n_shifts)]
+    rows = [
+        [label] + [_mean_sd(np.asarray(run["post_by_shift"])[:, j]) for j in range(n_shifts)]
+        for label, run in runs
+    ]
+    return (
+        "\nEvery shift scored (post-shift MSE above: per seed, the geometric mean over these):\n\n"
+        + results.markdown_table(headers, rows)
+    )
 
 
 def _mean_sd(values) -> str:
@@ -256,7 +297,7 @@ def setting_table(config, setting, chosen, per_method) -> str:
         f"## {setting['name']} ({setting['cell']}, n={setting['n_hidden']}, "
         f"{len(seeds_of(config, setting))} seeds)\n"
     ]
-    if metric in ("shift", "first_shift"):
+    if metric in SHIFT_METRICS:
         headers = [
             "method",
             "pre-shift MSE",
@@ -266,6 +307,8 @@ def setting_table(config, setting, chosen, per_method) -> str:
             f"R vs {setting.get('traces_floor')}: geo-mean [median]",
             "cos over Θ vs full (pre / post)",
             "|g_Θ|/|g_Θ,full|",
+            "pre-shift plateaued",
+            f"fails (post > {setting.get('traces_floor')})",
             "diverged",
             "paper",
         ]
@@ -295,11 +338,23 @@ def setting_table(config, setting, chosen, per_method) -> str:
                     _recovery(run, "R_traces095"),
                     cos,
                     ratio,
+                    _count(run.get("pre_plateau")),
+                    _count(run.get("fails")),
                     f"{sum(run['diverged'])}/{len(run['diverged'])}",
                     method.get("paper") or "",
                 ]
             )
         lines.append(results.markdown_table(headers, rows))
+        lines.append(
+            "\nPre-shift plateaued: seeds whose mean loss over the last "
+            f"{config.window} steps before the shift is within 10% of the {config.window} steps "
+            "before those (a network still fitting the first regime makes the post-shift "
+            "comparison meaningless). Fails: the paper's count, post-shift MSE worse than "
+            "eligibility traces' on the same seed; diverged: non-finite loss.\n"
+        )
+        by_shift = [(label, run) for label, run in chosen.items() if "post_by_shift" in run]
+        if by_shift:
+            lines.append(_by_shift_table(by_shift))
         groups = [(label, run) for label, run in chosen.items() if "group_cos_pre" in run]
         if groups:
             lines.append(_group_table(groups))
