@@ -116,8 +116,10 @@ def make_run(config, work: dict, runner_: runner.Runner) -> runner.Run:
         return state, out
 
     def chunk_end(state):
-        rank, cond = metrics.jacobian_spectrum(cell.hidden(state.algo_state.M))
-        return {"eff_rank": rank.astype(cond.dtype), "cond": cond}
+        M_h = cell.hidden(state.algo_state.M)
+        rank, cond = metrics.jacobian_spectrum(M_h)
+        row_cond = metrics.row_normalised_condition(M_h)
+        return {"eff_rank": rank.astype(cond.dtype), "cond": cond, "row_cond": row_cond}
 
     def batches(first, n):
         window = slice(first, first + n)

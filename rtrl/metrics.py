@@ -166,6 +166,19 @@ def jacobian_spectrum(M, variance: float = 0.95) -> tuple[jax.Array, jax.Array]:
     return rank, condition
 
 
+def row_normalised_condition(M) -> jax.Array:
+    """Condition number of M [n, ...] reshaped to [n, P] after scaling each row (neuron) to unit
+    norm: how far the rows are from an orthogonal set, with their lengths taken out. This is the
+    closest reading of the paper's "near-isotropic" Jacobian that a condition number can give
+    (1 = orthogonal rows of any lengths); `jacobian_spectrum`'s condition number mixes in the rows'
+    magnitudes. A zero row gives inf."""
+    M = jnp.asarray(M)
+    A = M.reshape(M.shape[0], -1)
+    norms = jnp.linalg.norm(A, axis=1, keepdims=True)
+    A = jnp.where(norms > 0, A / jnp.where(norms > 0, norms, 1), 0)
+    return jacobian_spectrum(A)[1]
+
+
 def lowest_pre_shift(pre_shift) -> int:
     """Index of the setting (e.g. a learning rate) with the lowest mean finite pre-shift loss:
     pre_shift [settings, seeds]; selection never looks after the shift. A setting with no finite

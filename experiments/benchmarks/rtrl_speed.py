@@ -1,7 +1,8 @@
 """Steps/s of the rtrl package's online algorithms on a vanilla RNN, against floors of this machine.
 
     python -m experiments.benchmarks.rtrl_speed [--sizes=32,64,128,256 --lstm_sizes=64,128
-        --steps=200 --repeats=3 --seeds=5 --k=4 --numpy_steps=50 --numpy_seconds=20 --json=PATH]
+        --diagonal_sizes=256,512,1024 --steps=200 --repeats=3 --seeds=5 --k=4 --numpy_steps=50
+        --numpy_seconds=20 --json=PATH]
 
 Vanilla RNN, n_in = n_out = 1, float32, MSE on a random input/target stream. For each n the timed
 program is one `jax.jit` of a `jax.lax.scan` of `algo.step` (forward + gradient, the per-step
@@ -14,12 +15,23 @@ Rows: rtrl; sparse_rtrl (k, ring mask) as shipped (impl auto: on a CPU with a C+
 rtrl.native kernel, one in-place pass over M), the same with native_kernel=False ("XLA program":
 the in-place blocked pass of rtrl.inplace where M exceeds one 4 MiB block, n >= 128 here, else the
 whole-tensor update), with impl="masked", and a naive gather written here (one [n, k, P] gather of
-M's rows, then an einsum) to show why the shipped gather differs; traces (decay 0.95) as shipped
-and as the XLA program; uoro; "bptt", which is NOT the online tbptt
+M's rows, then an einsum) to show why the shipped gather differs; traces (decay 0.95; it keeps only
+M's diagonal blocks [n, G, m], so it has no kernel, no XLA-program twin and no M-touch floor);
+uoro; "bptt", which is NOT the online tbptt
 algorithm but the one-shot whole-sequence gradient jax.grad(rtrl.sequence_loss) over the same
 stream (steps/s = steps / time); and a textbook NumPy full RTRL (batch 1) for scale. A second
-table times the LSTM (`--lstm_sizes`): rtrl, and sparse_rtrl and traces as shipped and as the XLA
-program, with bptt, and checks that the kernel and the XLA program agree.
+table times the LSTM (`--lstm_sizes`): rtrl, sparse_rtrl as shipped and as the XLA program,
+traces, with bptt, and checks that the kernel and the XLA program agree.
+
+A third table (`--diagonal_sizes`, vanilla, one seed) is the memory of traces (decay 0.95) and
+sparse_rtrl k=0, which store M's diagonal blocks only ([n, 1, m], n·m values), beside full
+RTRL's M [n, n, m]: µs/step (timed like the rows above), the bytes of M and of the whole state
+(jax.eval_shape of init), and the jitted step's compiled temporaries and footprint (arguments +
+outputs + temporaries, `memory_analysis()` of `jax.jit(algo.step)` compiled from shapes alone).
+Full RTRL is compiled the same way but never run or allocated (at n = 1024 its M is 4.3 GB);
+its M column is the formula n·R·m·4. The verdicts check that traces' state is n·(n + n_in + 1)
+float32 values plus the carry and that its footprint grows ~4× per doubling of n (< 6×; a
+stored full M would grow 8×).
 
 Floors, measured in the same run:
 - J·M matmul: a scanned [n, n] @ [n, n·m] float32 product (m = n + n_in + 1), the shape of full
@@ -27,7 +39,7 @@ Floors, measured in the same run:
   1024³ matmul for the machine's peak.
 - M touch: a scanned M ← γ M + M_imm over M [n, n, m] float32 with the immediate term made in
   registers from per-step vectors, i.e. reading and writing M once per step, the least any
-  algorithm that keeps a dense M (sparse_rtrl, traces) can do.
+  algorithm that keeps a dense M (sparse_rtrl) can do.
 
 Targets (printed as verdicts): vmap(seeds) / (seeds × single) ≤ 1; rtrl ≥ 70 % of the J·M matmul
 rate for n ≥ 64; sparse_rtrl k=4 ≤ 2× the M-touch floor and ≥ 4× faster than rtrl at n = 256.
@@ -35,7 +47,8 @@ rate for n ≥ 64; sparse_rtrl k=4 ≤ 2× the M-touch floor and ≥ 4× faster 
 Runtime (2 CPU cores): about 50 s for `--sizes=32,64 --steps=50 --repeats=1` (measured on a
 loaded machine). The defaults are dominated by n = 256, where rtrl and the masked sparse_rtrl run
 the full J·M product (8.6 GFLOP per step) for 200 steps, 5 seeds vmapped, warm-up + 3 repeats:
-an estimated 15–25 min, not yet measured on an idle machine.
+an estimated 15–25 min, not yet measured on an idle machine. The diagonal table at the default
+256, 512, 1024 adds about 10 s.
 """
 
 from __future__ import annotations
@@ -55,6 +68,11 @@ from rtrl import forward
 _SIZES = flags.DEFINE_list("sizes", ["32", "64", "128", "256"], "Hidden sizes n.")
 _LSTM_SIZES = flags.DEFINE_list(
     "lstm_sizes", ["64", "128"], "LSTM hidden sizes (rtrl, sparse_rtrl and traces rows only)."
+)
+_DIAGONAL_SIZES = flags.DEFINE_list(
+    "diagonal_sizes",
+    ["256", "512", "1024"],
+    "Sizes of the memory table of traces / sparse_rtrl k=0 (diagonal M) beside full RTRL.",
 )
 _STEPS = flags.DEFINE_integer("steps", 200, "Time steps per scanned call.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per program after one warm-up call.")
@@ -76,7 +94,7 @@ SPARSE_MASKED = "sparse_rtrl masked"
 SPARSE_NAIVE = "sparse_rtrl naive gather"
 SPARSE_XLA = "sparse_rtrl XLA program"
 TRACES = "traces"
-TRACES_XLA = "traces XLA program"
+SPARSE_K0 = "sparse_rtrl k=0"
 UORO = "uoro"
 BPTT = "bptt (jax.grad, whole sequence)"
 NUMPY = "numpy rtrl (textbook)"
@@ -89,8 +107,6 @@ FLOOR_OF = {
     SPARSE_MASKED: TOUCH_FLOOR,
     SPARSE_NAIVE: TOUCH_FLOOR,
     SPARSE_XLA: TOUCH_FLOOR,
-    TRACES: TOUCH_FLOOR,
-    TRACES_XLA: TOUCH_FLOOR,
 }
 # Relative tolerance of the float32 agreement checks over a few hundred steps.
 CHECK_RTOL = 1e-3
@@ -136,20 +152,18 @@ def algorithms(cell, k: int, decay: float) -> dict:
             mask="ring",
         ),
         TRACES: rtrl.algorithms.get("traces", cell, decay=decay),
-        TRACES_XLA: rtrl.algorithms.get("traces", cell, decay=decay, native_kernel=False),
         UORO: rtrl.algorithms.get("uoro", cell),
     }
     return algos
 
 
 def lstm_algorithms(cell, k: int, decay: float) -> dict:
-    """The LSTM rows: rtrl, and sparse_rtrl / traces as shipped and as the XLA program."""
+    """The LSTM rows: rtrl, sparse_rtrl as shipped and as the XLA program, traces."""
     return {
         RTRL: rtrl.algorithms.get("rtrl", cell),
         SPARSE: rtrl.algorithms.get("sparse_rtrl", cell, k=k, mask="ring"),
         SPARSE_XLA: rtrl.algorithms.get("sparse_rtrl", cell, k=k, mask="ring", native_kernel=False),
         TRACES: rtrl.algorithms.get("traces", cell, decay=decay),
-        TRACES_XLA: rtrl.algorithms.get("traces", cell, decay=decay, native_kernel=False),
     }
 
 
@@ -358,7 +372,6 @@ def measure_size(n: int, cfg: dict) -> dict:
         "sparse gather vs masked": _rel_err(grads[SPARSE], grads[SPARSE_MASKED]),
         "sparse naive vs shipped": _rel_err(grads[SPARSE_NAIVE], grads[SPARSE]),
         "sparse XLA program vs shipped": _rel_err(grads[SPARSE_XLA], grads[SPARSE]),
-        "traces XLA program vs shipped": _rel_err(grads[TRACES_XLA], grads[TRACES]),
         f"numpy vs jax rtrl ({done} steps, Θ grads)": _rel_err(np_total, jax_theta),
     }
     for label, row in rows.items():
@@ -385,9 +398,130 @@ def measure_lstm(n: int, cfg: dict) -> dict:
     checks = {
         "rtrl vs bptt": _rel_err(grads[RTRL], grads[BPTT]),
         "sparse XLA program vs shipped": _rel_err(grads[SPARSE_XLA], grads[SPARSE]),
-        "traces XLA program vs shipped": _rel_err(grads[TRACES_XLA], grads[TRACES]),
     }
     return {"rows": rows, "checks": checks, "compilations": compilations}
+
+
+def _nbytes(tree) -> int:
+    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
+
+
+def step_memory(algo, cell) -> dict:
+    """Bytes of algo's state (M alone, and whole) and of its jitted step, compiled from shapes
+    (jax.eval_shape, nothing allocated or run): temporaries, and the footprint arguments +
+    outputs + temporaries (`memory_analysis()`; None where the backend does not report it)."""
+    params = jax.eval_shape(lambda key: cell.init(key, F32), jax.random.key(0))
+    state = jax.eval_shape(lambda p: algo.init(jax.random.key(0), p), params)
+    x, y = jax.ShapeDtypeStruct((cell.n_in,), F32), jax.ShapeDtypeStruct((cell.n_out,), F32)
+    memory = jax.jit(algo.step).lower(params, state, x, y).compile().memory_analysis()
+    out = {"m_bytes": _nbytes(state.M), "state_bytes": _nbytes(state)}
+    if memory is None:
+        return {**out, "temp_bytes": None, "footprint_bytes": None}
+    io = memory.argument_size_in_bytes + memory.output_size_in_bytes
+    return {
+        **out,
+        "temp_bytes": memory.temp_size_in_bytes,
+        "footprint_bytes": io + memory.temp_size_in_bytes,
+    }
+
+
+def measure_diagonal(n: int, cfg: dict) -> dict:
+    """Vanilla, one seed: traces and sparse_rtrl k=0 (diagonal M) timed and sized, and full RTRL
+    sized only (its step compiled from shapes; M from the formula n·R·m·4, `m_bytes`)."""
+    cell = rtrl.cells.get("vanilla", n_in=N_IN, n_hidden=n, n_out=N_OUT)
+    params, state_keys, xs, ys = problem(cell, 1, cfg["steps"])
+    params = _first(params)
+    algos = {
+        TRACES: rtrl.algorithms.get("traces", cell, decay=cfg["decay"]),
+        SPARSE_K0: rtrl.algorithms.get("sparse_rtrl", cell, k=0),
+    }
+    compilations: dict = {}
+    calls = {
+        label: (
+            jax.jit(scanned_grads(algo, compilations, label)),
+            (params, algo.init(state_keys[0], params), xs[0], ys[0]),
+        )
+        for label, algo in algos.items()
+    }
+    timed = timing.round_robin(calls, cfg["repeats"])
+    rows = {
+        label: {"us_per_step": timed[label][0] / cfg["steps"] * 1e6, **step_memory(algo, cell)}
+        for label, algo in algos.items()
+    }
+    rows[RTRL] = {**step_memory(rtrl.algorithms.get("rtrl", cell), cell), "m_bytes": m_bytes(n)}
+    retraced = {label: count for label, count in compilations.items() if count != 1}
+    if retraced:
+        raise RuntimeError(f"n={n}: jitted programs traced more than once: {retraced}")
+    for label, row in rows.items():
+        us = row.get("us_per_step")
+        print(
+            f"  diagonal n={n} {label}: "
+            + (f"{us:.1f} µs/step, " if us else "")
+            + f"state {row['state_bytes']:,} B, temp {row['temp_bytes']} B",
+            flush=True,
+        )
+    return {"rows": rows, "compilations": compilations}
+
+
+def _size(n_bytes) -> str:
+    """Decimal units, 3 significant digits (4,206,592 -> 4.21 MB)."""
+    if n_bytes is None:
+        return "—"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.3g} {unit}"
+    return f"{n_bytes} B"
+
+
+def diagonal_table(diagonal: dict) -> str:
+    headers = ["n", "algorithm", "µs/step", "M", "state", "step temp", "step footprint"]
+    table = [
+        [
+            n,
+            label if label != RTRL else "rtrl (full M; compiled, not run)",
+            _fmt(row.get("us_per_step"), ",.1f"),
+            _size(row["m_bytes"]),
+            _size(row["state_bytes"]),
+            _size(row["temp_bytes"]),
+            _size(row["footprint_bytes"]),
+        ]
+        for n, measured in diagonal.items()
+        for label, row in measured["rows"].items()
+    ]
+    return results.markdown_table(headers, table)
+
+
+def diagonal_verdicts(diagonal: dict) -> list[str]:
+    """traces' state is n·(n + n_in + 1) + n float32 values at the largest n, and the diagonal
+    steps' compiled memory grows like n² between the two largest sizes (a full M: n³)."""
+    sizes = sorted(diagonal)
+    n = sizes[-1]
+    row, full = diagonal[n]["rows"][TRACES], diagonal[n]["rows"][RTRL]
+    want = 4 * (n * (n + N_IN + 1) + n)
+    lines = [
+        f"traces state at n={n} is n·(n + n_in + 1) + n float32 values ({_size(want)}): "
+        + ("met" if row["state_bytes"] == want else "NOT met")
+        + f" ({_size(row['state_bytes'])}; full RTRL's M {_size(full['m_bytes'])})"
+    ]
+    if len(sizes) < 2:
+        return lines
+    a, b = sizes[-2], sizes[-1]
+    square, cube = (b / a) ** 2, (b / a) ** 3
+    growth = {}
+    for label in (TRACES, SPARSE_K0):
+        small, large = diagonal[a]["rows"][label], diagonal[b]["rows"][label]
+        if None in (small["footprint_bytes"], large["footprint_bytes"]):
+            return [*lines, "diagonal step memory growth: not measured (no memory_analysis)"]
+        growth[label] = tuple(
+            large[key] / max(small[key], 1) for key in ("footprint_bytes", "temp_bytes")
+        )
+    ok = all(max(g) < 1.5 * square for g in growth.values())
+    shown = ", ".join(f"{lbl} footprint {f:.2f}×, temp {t:.2f}×" for lbl, (f, t) in growth.items())
+    lines.append(
+        f"diagonal step memory grows ≤ ~{square:g}× from n={a} to n={b} (< {1.5 * square:g}×; a"
+        f" full M grows {cube:g}×): " + ("met" if ok else "NOT met") + f" ({shown})"
+    )
+    return lines
 
 
 def _fmt(value, spec: str, suffix: str = "") -> str:
@@ -537,12 +671,13 @@ def verdicts(by_size: dict, seeds: int, k: int) -> list[str]:
 
 
 def run(cfg: dict) -> tuple[str, dict]:
-    """(report text, every number) for cfg {sizes, lstm_sizes, steps, repeats, seeds, k, decay,
-    numpy_*}."""
+    """(report text, every number) for cfg {sizes, lstm_sizes, diagonal_sizes, steps, repeats,
+    seeds, k, decay, numpy_*}."""
     peak = peak_matmul_gflops()
     print(f"  {BIG_MATMUL}³ float32 matmul: {peak:.1f} GFLOP/s", flush=True)
     by_size = {n: measure_size(n, cfg) for n in cfg["sizes"]}
     lstm = {n: measure_lstm(n, cfg) for n in cfg.get("lstm_sizes", [])}
+    diagonal = {n: measure_diagonal(n, cfg) for n in cfg.get("diagonal_sizes", [])}
     lines = verdicts(by_size, cfg["seeds"], cfg["k"])
     if lstm:
         errors = [err for measured in lstm.values() for err in measured["checks"].values()]
@@ -560,14 +695,25 @@ def run(cfg: dict) -> tuple[str, dict]:
         algorithm_table(lstm, cfg["seeds"]),
         checks_table(lstm),
     ]
+    if diagonal:
+        lines += diagonal_verdicts(diagonal)
+    diagonal_text = [
+        f"Diagonal M: traces (decay {cfg['decay']:g}) and sparse_rtrl k=0 store M's diagonal"
+        " blocks [n, 1, m]; full RTRL stores M [n, n, m] (vanilla, n_in = n_out = 1, float32, one"
+        " seed). M: bytes of M (full RTRL: n·R·m·4); state: the whole algorithm state; step temp /"
+        " footprint: memory_analysis() of jax.jit(algo.step) compiled from shapes (footprint ="
+        " arguments + outputs + temporaries).",
+        "",
+        diagonal_table(diagonal),
+    ]
     device = jax.devices()[0]
     text = "\n".join(
         [
             f"rtrl online algorithms, vanilla RNN n_in=n_out=1, float32, {cfg['steps']} steps per "
             f"scanned call, best of {cfg['repeats']}, {cfg['seeds']} seeds vmapped; "
             f"{device.platform} ({device.device_kind}), jax {jax.__version__}. "
-            f"× floor: time per step over the J·M matmul's (rtrl) or the M touch's (sparse, "
-            f"traces). bptt: jax.grad of the whole-sequence loss, steps/s = steps / time.",
+            f"× floor: time per step over the J·M matmul's (rtrl) or the M touch's (sparse). "
+            f"bptt: jax.grad of the whole-sequence loss, steps/s = steps / time.",
             "",
             algorithm_table(by_size, cfg["seeds"]),
             f"Floors (peak: {BIG_MATMUL}³ float32 matmul at {peak:.1f} GFLOP/s).",
@@ -575,6 +721,7 @@ def run(cfg: dict) -> tuple[str, dict]:
             floors_table(by_size, peak),
             checks_table(by_size),
             *(lstm_text if lstm else []),
+            *(diagonal_text if diagonal else []),
             "Verdicts:",
             *[f"- {line}" for line in lines],
         ]
@@ -584,6 +731,7 @@ def run(cfg: dict) -> tuple[str, dict]:
         "peak_matmul_gflops": peak,
         "sizes": {str(n): measured for n, measured in by_size.items()},
         "lstm_sizes": {str(n): measured for n, measured in lstm.items()},
+        "diagonal_sizes": {str(n): measured for n, measured in diagonal.items()},
         "verdicts": lines,
     }
     return text, numbers
@@ -594,6 +742,7 @@ def main(argv):
     cfg = {
         "sizes": [int(n) for n in _SIZES.value],
         "lstm_sizes": [int(n) for n in _LSTM_SIZES.value],
+        "diagonal_sizes": [int(n) for n in _DIAGONAL_SIZES.value],
         "steps": _STEPS.value,
         "repeats": _REPEATS.value,
         "seeds": _SEEDS.value,

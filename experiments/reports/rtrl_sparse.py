@@ -69,6 +69,8 @@ def run_summary(config, setting, work, store, data) -> dict:
             out["eff_rank"] = np.nanmean(store["chunk/eff_rank"], axis=1).tolist()
             out["cond"] = np.nanmean(cond, axis=1).tolist()
             out["cond_range"] = [float(np.nanmin(cond)), float(np.nanmax(cond))]
+            if "chunk/row_cond" in store:
+                out["row_cond"] = np.nanmean(store["chunk/row_cond"], axis=1).tolist()
     elif setting["metric"] == "copy":
         options = setting["task_options"]
         episode = 2 * options.get("seq_len", 5) + options.get("delay", 0)
@@ -366,13 +368,22 @@ def setting_table(config, setting, chosen, per_method) -> str:
             )
             lines.append(
                 results.markdown_table(
-                    ["method", "effective rank (95%)", "condition number", "cond range"],
+                    [
+                        "method",
+                        "effective rank (95%)",
+                        "condition number",
+                        "cond range",
+                        "cond, rows normalised",
+                        "pre-shift MSE (has it learned?)",
+                    ],
                     [
                         [
                             label,
                             _mean_sd(run["eff_rank"]),
                             _mean_sd(run["cond"]),
                             f"{run['cond_range'][0]:.3g}–{run['cond_range'][1]:.3g}",
+                            _mean_sd(run["row_cond"]) if "row_cond" in run else "n/a",
+                            _mean_sd(run["pre"]),
                         ]
                         for label, run in spectra
                     ],

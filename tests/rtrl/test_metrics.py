@@ -151,3 +151,21 @@ def test_jacobian_spectrum_wide_float32_accuracy_and_memory():
     spec = jax.ShapeDtypeStruct((256, 256 * 258), jnp.float32)
     compiled = jax.jit(metrics.jacobian_spectrum).lower(spec).compile()
     assert compiled.memory_analysis().temp_size_in_bytes < 4 * 256 * 256 * 258 * 4
+
+
+def test_row_normalised_condition_ignores_row_lengths_but_not_angles():
+    orthogonal = np.diag([1e-3, 1.0, 1e3]).astype(np.float64)  # rows orthogonal, lengths 1e6 apart
+    assert float(metrics.jacobian_spectrum(orthogonal)[1]) == pytest.approx(1e6)
+    assert float(metrics.row_normalised_condition(orthogonal)) == pytest.approx(1.0)
+    # two unit rows at 60°: singular values sqrt(1 ± cos 60°) = sqrt(1.5), sqrt(0.5) -> cond √3
+    tilted = np.array([[1.0, 0.0], [0.5, np.sqrt(0.75)]]) * np.array([[2.0], [7.0]])
+    assert float(metrics.row_normalised_condition(tilted)) == pytest.approx(np.sqrt(3.0))
+
+
+def test_pre_shift_plateau_and_every_shift_post():
+    still_falling = np.concatenate([np.linspace(1.0, 0.1, 100), np.full(100, 0.5)])
+    flat = np.concatenate([np.full(100, 0.2), np.full(100, 0.5)])
+    plateau = metrics.pre_shift_plateau(np.stack([still_falling, flat]), shift=100, window=25)
+    assert np.asarray(plateau).tolist() == [False, True]
+    regimes = np.concatenate([np.full(10, 1.0), np.full(10, 2.0), np.full(10, 3.0)])
+    np.testing.assert_allclose(metrics.every_shift_post(regimes, (10, 20), window=4), [2.0, 3.0])
