@@ -28,7 +28,8 @@ def label(config, work) -> str:
 def data_note(config) -> str:
     return (
         "Synthetic streams generated from each seed (rtrl/tasks.py); vanilla tanh RNN unless "
-        f"noted; Adam lr {config.lr:g}, one update per step; seeds {list(config.seeds)} unless "
+        f"noted; {config.optimizer} lr {config.lr:g} (rtrl.optimizers), one update per step; "
+        f"seeds {list(config.seeds)} unless "
         f"noted. Pre-shift MSE: mean online loss over the {config.window} steps before the "
         f"shift; post-shift: over the last {config.window} steps (multi-regime: before the "
         "second shift). R = (log L_floor − log L_k)/(log L_floor − log L_full), per seed."
@@ -165,17 +166,18 @@ def write(config, runner_: runner.Runner, todo, done) -> tuple[str, dict]:
             "lr_sweep": {k: v for k, v in per_method.items() if len(v) > 1},
         }
         tables.append(setting_table(config, setting, chosen, per_method))
-        plot(config, runner_, setting, mine)
+        plot(config, runner_, setting, mine, chosen)
     return "\n".join(tables), summary
 
 
-def plot(config, runner_, setting, mine) -> None:
+def plot(config, runner_, setting, mine, chosen) -> None:
+    """Online loss of every method at its chosen learning rate."""
     spec = task_spec(setting)
     block = config.plot_block
     series = {}
     for work in mine:
         method = setting["methods"][work["method"]]
-        if method.get("lrs") and work["lr"] != config.lr:
+        if work["lr"] != chosen[method["label"]]["lr"]:
             continue
         if spec.loss == "mse" and setting["metric"] == "adding":
             continue
