@@ -9,17 +9,23 @@ M[i, a, :] = ∂s_{t,i}/∂Θ[a, :]. With v_t = [h_{t-1}; x_t; 1] and z_t = Θ v
     ∂L_t/∂Θ   = Σ_i (∂L_t/∂h_{t,i}) M_h,t[i]                      (paper Eq. 4)
 
 For the vanilla RNN the last line of the update is M_t = φ'(z_t) ⊙ (W_rec M_{t-1} + I_t), paper
-Eq. 3. The algorithms differ only in P_t:
+Eq. 3. The algorithms differ only in P_t, and in how much of M they store:
 
-- rtrl: P_t = W_rec M_h (one [R, n] × [n, R·m] matmul, O(n²·P)).
-- sparse_rtrl: P_t[r] = Σ_{j ∈ idx[r]} W_rec[r, j] M_h[j] (paper Eq. 8), k gathered rows of M per
-  row, O(k·n·P). For large k (k > n / 4) the same sum is one matmul with the unselected entries
-  of W_rec zeroed, which is faster there and identical in value.
+- rtrl: P_t = W_rec M_h (one [R, n] × [n, R·m] matmul, O(n²·P)); M stored whole, [n, R, m].
+- sparse_rtrl, k >= 1: P_t[r] = Σ_{j ∈ idx[r]} W_rec[r, j] M_h[j] (paper Eq. 8), k gathered
+  rows of M per row, O(k·n·P). For large k (k > n / 4) the same sum is one matmul with the
+  unselected entries of W_rec zeroed, which is faster there and identical in value. M whole.
 - traces: P_t = 0, then M_h ← M_h + γ M_h,{t-1} (paper Eq. 6: M ← γ M + M_imm for the vanilla
   RNN; γ = 0 is the immediate derivative). The LSTM keeps its exact diagonal cell-state path.
+  With no propagation term, sensitivity never moves between neurons: from M_0 = 0 on, M[i, a] = 0
+  for every row a of Θ that is not one of neuron i's own G rows g n + i. So only the diagonal
+  blocks D[i, g, :] = M[i, g n + i, :] are stored ([n, G, m] per carry leaf, G = R / n gates,
+  n·G·m values instead of n·R·m) and updated in O(n·G·m) per step (`_diagonal_traces`); the
+  values are those of the full-M recursion, whose other entries stay exactly zero.
+- sparse_rtrl, k = 0: no path kept, P_t = 0: the same algorithm as traces with γ = 0.
 - snap1: SnAp-1 (Menick et al. 2021): M restricted to the entries that are non-zero after one
-  step, M[i, a] with a a row of neuron i, stored as [n, G, m] (G = R / n gate rows per neuron);
-  propagation keeps only the self-connections W_rec[g n + i, i].
+  step, the same diagonal blocks [n, G, m]; propagation keeps only the self-connections
+  W_rec[g n + i, i].
 """
 
 from typing import NamedTuple
@@ -33,10 +39,19 @@ from rtrl.interface import Algorithm, StepOutput, assemble, check_step_shapes, r
 
 
 class SensitivityState(NamedTuple):
+    """State of rtrl and sparse_rtrl with k >= 1."""
+
     carry: object  # s_{t-1}: [n] or ([n], [n])
     M: object  # like carry, each leaf [n, R, m]
     idx: jax.Array  # [R, k] int32 selected paths (sparse_rtrl; [R, 0] otherwise)
     t: jax.Array  # [] int32 steps taken
+
+
+class DiagonalState(NamedTuple):
+    """State of traces and sparse_rtrl with k = 0: M's diagonal blocks only (`_diagonal_traces`)."""
+
+    carry: object  # s_{t-1}: [n] or ([n], [n])
+    M: object  # like carry, each leaf [n, G, m]: M[i, g, :] = ∂s_{t-1,i}/∂Θ[g n + i, :]
 
 
 def _sensitivity_algorithm(
@@ -48,11 +63,10 @@ def _sensitivity_algorithm(
     select=None,
     k=0,
     mask="ring",
-    decay=0.0,
     ring=None,
     native_kernel=None,
 ):
-    """The shared forward-mode step.
+    """The shared forward-mode step of rtrl and sparse_rtrl (k >= 1), on the whole M.
 
     `propagate(W_rec, M_h [n, R·m], idx) -> P [R, R·m]` is the Jacobian propagation term and
     `adjoint(W_rec, c [R], idx) -> u [n]` its transpose applied to a vector (u = Pᵀ-weights c).
@@ -60,13 +74,13 @@ def _sensitivity_algorithm(
     The gradient is taken from M_{t-1}, not M_t: with c_z = ∂(e_hᵀ h_t)/∂z_t and
     c_s = ∂(e_hᵀ h_t)/∂s_{t-1} (one vjp of the elementwise core, e_h = ∂L_t/∂h_t),
 
-        ∂L_t/∂Θ = e_hᵀ M_h,t = Σ_j u_j M_h,{t-1}[j] + Σ_i c_s,i M_{t-1}[i] + c_z ⊗ v_t
-                  (+ γ Σ_i e_h,i M_h,{t-1}[i] for traces),  u = adjoint(c_z),
+        ∂L_t/∂Θ = e_hᵀ M_h,t = Σ_j u_j M_h,{t-1}[j] + Σ_i c_s,i M_{t-1}[i] + c_z ⊗ v_t,
+                  u = adjoint(c_z),
 
     which is the same number (linearity), but leaves M_t with a single consumer (the next step),
     so XLA neither recomputes nor re-lays out the update to feed the contraction.
 
-    `ring` (signed offsets, () for traces) says that P_t only reaches ring neighbours; then the
+    `ring` (signed offsets, non-empty) says that P_t only reaches ring neighbours; then the
     update and the contraction run as one in-place pass over M, same values, one read and one
     write of M per step: where the default backend is a CPU the `rtrl.native` kernel if it
     supports the cell, otherwise (other backends, no C++ compiler), when M is large enough to be
@@ -82,16 +96,11 @@ def _sensitivity_algorithm(
     m = n + cell.n_in + 1
     row_bytes = R * m * 4  # one neuron's slice of M in float32 (the block heuristic only)
     block = None
-    if ring is not None and (ring or n * row_bytes > inplace.TRACES_MIN_BYTES):
-        block = inplace.block_rows(n, row_bytes, max([0] + [abs(o) for o in ring]))
-    applies = ring is not None and native.supports(cell, ring)
+    if ring:
+        block = inplace.block_rows(n, row_bytes, max(abs(o) for o in ring))
+    applies = bool(ring) and native.supports(cell, ring)
     if native_kernel and not (applies and native.available()):
-        raise ValueError(
-            "native_kernel=True needs traces or ring-sparse RTRL with the gather impl (k <= n / 4"
-            " by default), a cell the kernel supports (rtrl.native.supports: vanilla, or LSTM with"
-            " k <= 8 and n a multiple of 4), a CPU backend and a built kernel (set"
-            " native_kernel=None to fall back to XLA)"
-        )
+        raise ValueError(_NEEDS_KERNEL)
     may_use_native = applies and native_kernel is not False
 
     def init(key, params):
@@ -118,31 +127,23 @@ def _sensitivity_algorithm(
         pred, step_loss, dh, readout_grads = readout_step(cell, loss_fn, params, h, target)
         _, core_vjp = jax.vjp(lambda zz, ss: cell.hidden(cell.core(zz, ss)), z, state.carry)
         c_z, c_s = core_vjp(dh)
-        coef = c_s
-        extra_h = jnp.zeros((n,), dh.dtype)
-        if propagate is not None:
-            extra_h = extra_h + adjoint(params["W_rec"], c_z, idx)
-        if decay:
-            extra_h = extra_h + decay * dh
-        coef = cells_lib.add_to_hidden(cell, coef, extra_h)
+        coef = cells_lib.add_to_hidden(cell, c_s, adjoint(params["W_rec"], c_z, idx))
         w = jnp.take_along_axis(params["W_rec"], idx, axis=1)  # [R, k]
 
         def xla(M_prev, w, coef, z, v, carry, W_rec, idx):
             if block is None:
                 prev = SensitivityState(carry, M_prev, idx, None)
-                M = _update(cell, {"W_rec": W_rec}, prev, z, v, idx, propagate, decay)
+                M = _update(cell, {"W_rec": W_rec}, prev, z, v, idx, propagate)
                 pairs = zip(jax.tree.leaves(coef), jax.tree.leaves(M_prev), strict=True)
                 g_M = sum(jnp.einsum("i,iam->am", c, leaf) for c, leaf in pairs)
                 return M, g_M
-            return inplace.update_and_contract(
-                cell, z, carry, v, M_prev, coef, w, ring, decay, block
-            )
+            return inplace.update_and_contract(cell, z, carry, v, M_prev, coef, w, ring, 0.0, block)
 
         # Every array the pass reads is an argument (none closed over), so that the kernel's
         # custom_jvp sees every tangent.
         args = (state.M, w, coef, z, v, state.carry, params["W_rec"], idx)
         if may_use_native and native.available():  # at trace time: never builds off a CPU
-            M, g_M = _kernel_pass(cell, ring, decay, xla)(*args)
+            M, g_M = _kernel_pass(cell, ring, xla)(*args)
         else:
             M, g_M = xla(*args)
         g_theta = jnp.outer(c_z, v) + g_M
@@ -152,14 +153,14 @@ def _sensitivity_algorithm(
     return Algorithm(name, init, step)
 
 
-def _kernel_pass(cell, ring, decay, xla):
+def _kernel_pass(cell, ring, xla):
     """`xla`'s (M_t, g_M) from the `rtrl.native` kernel on a CPU (`jax.lax.platform_dependent`:
     the XLA program where the program is lowered for another platform), with the XLA program's
     derivative: the custom call has no differentiation rule, so jvp (and through it grad) of a
     step takes the tangent of the XLA program, same values, at the kernel's primal."""
 
     def kernel(M_prev, w, coef, z, v, carry, W_rec, idx):
-        A, B, E = native.step_coefficients(cell, z, carry, w, decay)
+        A, B, E = native.step_coefficients(cell, z, carry, w, 0.0)
         # The dtype XLA's program would promote to (mixed inputs), so both branches agree.
         dtype = jnp.result_type(*jax.tree.leaves(M_prev), A, v)
         M_prev = jax.tree.map(lambda leaf: leaf.astype(dtype), M_prev)
@@ -177,19 +178,15 @@ def _kernel_pass(cell, ring, decay, xla):
     return kernel_pass
 
 
-def _update(cell, params, state, z, v, idx, propagate, decay):
-    """M_t = core'(z_t) · (I_t + P_t, M_{t-1}) (+ γ M_h,{t-1}) as whole-tensor operations."""
+def _update(cell, params, state, z, v, idx, propagate):
+    """M_t = core'(z_t) · (I_t + P_t, M_{t-1}) as whole-tensor operations."""
     n, R, m = jax.tree.leaves(state.M)[0].shape
     eye = jnp.arange(R)[:, None, None] == jnp.arange(R)[None, :, None]
     dz = jnp.where(eye, v[None, None, :], jnp.zeros((), v.dtype))  # I_t [R, R, m]
-    if propagate is not None:
-        P = propagate(params["W_rec"], cell.hidden(state.M).reshape(n, R * m), idx)
-        dz = dz + P.reshape(R, R, m)
+    P = propagate(params["W_rec"], cell.hidden(state.M).reshape(n, R * m), idx)
+    dz = dz + P.reshape(R, R, m)
     # One shape for M end to end ([n, R, m] tangents) lets XLA fuse the update into one loop.
-    M = cells_lib.core_tangent(cell, z, state.carry, dz, state.M)
-    if decay:
-        M = cells_lib.add_to_hidden(cell, M, decay * cell.hidden(state.M))
-    return M
+    return cells_lib.core_tangent(cell, z, state.carry, dz, state.M)
 
 
 def _dense(W_rec, M_h, idx):
@@ -236,6 +233,12 @@ def _masked_dense(W_rec, M_h, idx):
 
 
 GATHER_MAX_FRACTION = 4  # gather for k <= n / 4, masked matmul above
+_NEEDS_KERNEL = (
+    "native_kernel=True needs ring-sparse RTRL (k >= 1) with the gather impl (k <= n / 4 by"
+    " default), a cell the kernel supports (rtrl.native.supports: vanilla, or LSTM with k <= 8"
+    " and n a multiple of 4), a CPU backend and a built kernel (set native_kernel=None to fall"
+    " back to XLA)"
+)
 
 
 def rtrl(cell, loss="mse"):
@@ -244,9 +247,16 @@ def rtrl(cell, loss="mse"):
 
 
 def sparse_rtrl(cell, k, mask="ring", loss="mse", impl=None, native_kernel=None):
-    """Sparse RTRL: k of n propagation paths per row. impl: None (auto), "gather" or "masked";
-    native_kernel: whether the ring mask of a vanilla cell uses `rtrl.native` on a CPU (None:
-    where it is built)."""
+    """Sparse RTRL: k of n propagation paths per row (paper Eq. 8), M [n, R, m] per carry leaf.
+
+    impl: None (auto), "gather" or "masked". native_kernel (the ring mask with the gather impl):
+    None uses the `rtrl.native` kernel on a CPU where it is built and supports the cell, False
+    never, True insists (a ValueError where it cannot be used).
+
+    k = 0 keeps no path: the same algorithm as traces(decay=0) (the immediate derivative), which
+    stores only M's diagonal blocks, [n, G, m] per carry leaf (`DiagonalState`), and costs
+    O(n·G·m) per step. It has no kernel pass: native_kernel None and False give the same program,
+    True raises a ValueError."""
     k = int(k)
     masks.check(mask, k, cell.n_hidden)
     if mask == "dynamic" and cell.row_gain is None:
@@ -255,18 +265,21 @@ def sparse_rtrl(cell, k, mask="ring", loss="mse", impl=None, native_kernel=None)
         impl = "gather" if k * GATHER_MAX_FRACTION <= cell.n_hidden else "masked"
     if impl not in ("gather", "masked"):
         raise ValueError(f"unknown impl {impl!r}; use 'gather' or 'masked'")
-    propagate = {"gather": _gathered, "masked": _masked_dense}[impl] if k else None
+    name = f"sparse_rtrl(k={k},{mask})"
+    if k == 0:
+        return _diagonal_traces(cell, loss, name, 0.0, native_kernel)
+    propagate = {"gather": _gathered, "masked": _masked_dense}[impl]
     ring = None
-    if k and impl == "gather" and mask == "ring":
+    if impl == "gather" and mask == "ring":
         propagate = _ring_rolled([int(o) for o in masks.ring_offsets(k, cell.n_hidden)])
         ring = tuple(masks.signed_ring_offsets(k))
     return _sensitivity_algorithm(
         cell,
         loss,
-        f"sparse_rtrl(k={k},{mask})",
+        name,
         propagate,
         _gathered_adjoint,
-        select=k > 0,
+        select=True,
         k=k,
         mask=mask,
         ring=ring,
@@ -275,15 +288,72 @@ def sparse_rtrl(cell, k, mask="ring", loss="mse", impl=None, native_kernel=None)
 
 
 def traces(cell, decay=0.0, loss="mse", native_kernel=None):
-    """Eligibility traces M ← γ M + M_imm; decay γ = 0 is the immediate derivative (vanilla).
-    native_kernel as for sparse_rtrl."""
+    """Eligibility traces M ← γ M + M_imm (paper Eq. 6); decay γ = 0 is the immediate derivative
+    (for the vanilla RNN; the LSTM keeps its exact cell-state path c_{t-1} → c_t).
+
+    Stores only M's diagonal blocks, [n, G, m] per carry leaf (`DiagonalState`; the other
+    entries of M stay zero), O(n·G·m) memory and time per step (`_diagonal_traces`).
+    native_kernel: kept for the API; there is no kernel pass over a diagonal M, so None and
+    False give the same program and True raises a ValueError."""
     decay = float(decay)
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"decay must lie in [0, 1], got {decay}")
-    name = f"traces(decay={decay:g})"
-    return _sensitivity_algorithm(
-        cell, loss, name, None, None, decay=decay, ring=(), native_kernel=native_kernel
-    )
+    return _diagonal_traces(cell, loss, f"traces(decay={decay:g})", decay, native_kernel)
+
+
+def _diagonal_traces(cell, loss, name, decay, native_kernel=None):
+    """traces and sparse_rtrl(k=0) on the diagonal blocks of M, O(n·G·m) per step.
+
+    With P_t = 0 nothing carries sensitivity from one neuron to another, so M_t[i, a] = 0 for
+    every row a of Θ that is not one of neuron i's G rows g n + i (true of M_0 = 0, and kept by
+    M_t = core'(z_t, s_{t-1}) · (I_t, M_{t-1}) because I_t[g n + i, a] = 0 there too and the core
+    is elementwise per neuron). Stored: D[i, g, :] = M[i, g n + i, :], [n, G, m] per carry leaf.
+    Restricted to those entries, the full-M step of `_update` (with P_t = 0) reads
+
+        D_t      = core'(z_t, s_{t-1}) · (Z_t, D_{t-1})  + γ D_h,{t-1}  (γ on the hidden leaf)
+        Z_t[g' n + i, g, :] = δ_gg' v_t                    (I_t on the diagonal blocks, [R, G, m])
+        ∂L_t/∂Θ[g n + i, :] = (∂L_t/∂h_{t,i}) D_h,t[i, g, :]
+
+    the first line one jvp of the elementwise core per column (g, c) of D (`core_tangent`: column
+    g moves gate g of every neuron at once, and each neuron's output is its own row's tangent),
+    so the values are the full-M recursion's, in n·G·m per leaf instead of n·R·m.
+    """
+    if native_kernel:
+        raise ValueError(
+            "native_kernel=True needs an algorithm with a pass over the whole M (ring-sparse"
+            f" RTRL with k >= 1); {name} stores only M's diagonal blocks [n, G, m] and updates"
+            " them in O(n·G·m) with no kernel (use native_kernel=None or False, the same program)"
+        )
+    cells_lib.require(cell, cells_lib.FACTORISED, name)
+    loss_fn = losses.get(loss)
+    n, R = cell.n_hidden, cell.n_rows
+    G, m = R // n, n + cell.n_in + 1
+
+    def init(key, params):
+        dtype = params["W_rec"].dtype
+        carry = cell.initial_carry(dtype)
+        return DiagonalState(carry, jax.tree.map(lambda _: jnp.zeros((n, G, m), dtype), carry))
+
+    def step(params, state, x, y):
+        target = losses.as_target(y)
+        check_step_shapes(cell, x, target)
+        v = cells_lib.inputs_vector(cell.hidden(state.carry), x)
+        z = cells_lib.theta(params) @ v
+        carry = cell.core(z, state.carry)
+        gate = jnp.arange(R) // n
+        dz = (gate[:, None] == jnp.arange(G)[None, :]).astype(v.dtype)[:, :, None] * v  # Z_t
+        M = cells_lib.core_tangent(cell, z, state.carry, dz, state.M)
+        if decay:
+            M = cells_lib.add_to_hidden(cell, M, decay * cell.hidden(state.M))
+        pred, step_loss, dh, readout_grads = readout_step(
+            cell, loss_fn, params, cell.hidden(carry), target
+        )
+        g_rows = dh[:, None, None] * cell.hidden(M)  # [n, G, m] -> rows g n + i
+        g_theta = jnp.transpose(g_rows, (1, 0, 2)).reshape(R, m)
+        out = StepOutput(assemble(cell, g_theta, readout_grads), step_loss, pred)
+        return DiagonalState(carry, M), out
+
+    return Algorithm(name, init, step)
 
 
 class Snap1State(NamedTuple):

@@ -74,7 +74,7 @@ def test_the_kernel_is_chosen_from_declared_structure():
     assert not native.supports(cells.get("lstm", 1, 6, 1), ring)  # banded path: n % 4 == 0
     assert not native.supports(_lstm_c_first(1, 8, 1), ring)  # h is not leaf 0
     with pytest.raises(ValueError, match="native_kernel=True needs"):
-        rtrl.algorithms.get("traces", _lstm_c_first(1, 8, 1), native_kernel=True)
+        rtrl.algorithms.get("sparse_rtrl", _lstm_c_first(1, 8, 1), k=2, native_kernel=True)
 
 
 def test_a_cell_without_the_factorised_form_is_refused_by_name_of_what_is_missing():

@@ -110,12 +110,11 @@ def test_kernel_equals_numpy(n, offsets, decay):
     np.testing.assert_allclose(got_g, want_g, rtol=1e-5, atol=1e-4)
 
 
+# traces keep only M's diagonal blocks and have no kernel pass (tests/rtrl/test_diagonal.py).
 ALGO_CASES = [
     ("sparse_rtrl", {"k": 1}),
     ("sparse_rtrl", {"k": 3}),
     ("sparse_rtrl", {"k": 4}),
-    ("traces", {"decay": 0.0}),
-    ("traces", {"decay": 0.9}),
 ]
 
 
@@ -224,7 +223,7 @@ def test_switch_off_and_build_errors(monkeypatch, tmp_path):
     assert not native.available()
     cell = rtrl.cells.get("vanilla", n_in=1, n_hidden=8, n_out=1)
     with pytest.raises(ValueError, match="native_kernel=True needs"):
-        rtrl.algorithms.get("traces", cell, native_kernel=True)
+        rtrl.algorithms.get("sparse_rtrl", cell, k=2, native_kernel=True)
     monkeypatch.setenv("CREDIT_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "no-such-compiler")
     with pytest.raises(RuntimeError, match="install g\\+\\+ or set \\$CXX"):
@@ -271,7 +270,7 @@ def test_no_compiler_falls_back_to_xla(monkeypatch, tmp_path, fresh_decision):
             for leaf in want:
                 np.testing.assert_array_equal(got[leaf], want[leaf])
     with pytest.raises(ValueError, match="native_kernel=True needs"):
-        rtrl.algorithms.get("traces", cell, native_kernel=True)
+        rtrl.algorithms.get("sparse_rtrl", cell, k=2, native_kernel=True)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -317,7 +316,7 @@ def test_other_backend_never_builds_or_warns(monkeypatch, capsys, fresh_decision
         for algo in _sparse_and_traces(cell, None):
             assert "credit_ring_pass" not in _grads_and_hlo(algo, cell)[1]
     with pytest.raises(ValueError, match="a CPU backend"):
-        rtrl.algorithms.get("traces", cell, native_kernel=True)
+        rtrl.algorithms.get("sparse_rtrl", cell, k=2, native_kernel=True)
     assert capsys.readouterr() == ("", "")
 
 
@@ -334,7 +333,6 @@ def test_first_build_prints_one_line(monkeypatch, tmp_path, capsys):
 GRAD_CASES = [
     ("vanilla", 16, "sparse_rtrl", {"k": 4}),  # banded path
     ("vanilla", 18, "sparse_rtrl", {"k": 4}),  # general path
-    ("vanilla", 8, "traces", {"decay": 0.5}),
     ("lstm", 16, "sparse_rtrl", {"k": 3}),  # two leaves
 ]
 
@@ -380,7 +378,7 @@ _CONCURRENT = textwrap.dedent(
     mode, n = sys.argv[1], 128
     cell = rtrl.cells.get("vanilla", n_in=1, n_hidden=n, n_out=1)
     sparse = rtrl.algorithms.get("sparse_rtrl", cell, k=4, native_kernel=True)
-    traces = rtrl.algorithms.get("traces", cell, decay=0.5, native_kernel=True)
+    sparse2 = rtrl.algorithms.get("sparse_rtrl", cell, k=2, native_kernel=True)
     params = cell.init(jax.random.key(0))
     xs = jax.random.normal(jax.random.key(1), (10, 1))
     ys = jnp.sin(xs)
@@ -407,7 +405,7 @@ _CONCURRENT = textwrap.dedent(
         assert not errors, errors
 
     if mode == "threads":  # two Python threads, each running jitted kernel programs
-        for algo in (sparse, traces):
+        for algo in (sparse, sparse2):
             f = jax.jit(grads(algo))
             in_threads(f, (params,), f(params), 4)
         want = jax.jit(grads(rtrl.algorithms.get("sparse_rtrl", cell, k=4, native_kernel=False)))
