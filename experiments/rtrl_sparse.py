@@ -92,8 +92,8 @@ def make_run(config, work: dict, runner_: runner.Runner) -> runner.Run:
     dtype = jnp.float64 if config.dtype == "float64" else jnp.float32
     probe_state = jax.eval_shape(lambda k: algo.init(k, cell.init(k, dtype)), keys[0, 2])
     spectrum = bool(setting.get("spectrum_every")) and isinstance(
-        probe_state, forward.SensitivityState
-    )  # the state holds the full M [n, R, m]
+        probe_state, forward.SensitivityState | forward.DiagonalState
+    )  # the state holds M, whole [n, R, m] or its diagonal blocks [n, G, m]
     seeds = seeds_of(config, setting)
     ys_all = rtrl.Target(data.ys, data.weights)
 
@@ -117,6 +117,9 @@ def make_run(config, work: dict, runner_: runner.Runner) -> runner.Run:
 
     def chunk_end(state):
         M_h = cell.hidden(state.algo_state.M)
+        if isinstance(probe_state, forward.DiagonalState):
+            # rows of disjoint support: orthogonal, so M's singular values are the row norms
+            M_h = jnp.diag(jnp.linalg.norm(M_h.reshape(M_h.shape[0], -1), axis=1))
         rank, cond = metrics.jacobian_spectrum(M_h)
         row_cond = metrics.row_normalised_condition(M_h)
         return {"eff_rank": rank.astype(cond.dtype), "cond": cond, "row_cond": row_cond}

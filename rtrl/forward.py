@@ -262,17 +262,23 @@ def sparse_rtrl(cell, k, mask="ring", loss="mse", impl=None, native_kernel=None)
     if mask == "dynamic" and cell.row_gain is None:
         raise ValueError(f"the dynamic mask needs the cell's row_gain; {cell.name!r} has none")
     if impl is None:
-        impl = "gather" if k * GATHER_MAX_FRACTION <= cell.n_hidden else "masked"
+        impl = (
+            "gather"
+            if masks.paths(mask, k, cell.n_hidden) * GATHER_MAX_FRACTION <= cell.n_hidden
+            else "masked"
+        )
     if impl not in ("gather", "masked"):
         raise ValueError(f"unknown impl {impl!r}; use 'gather' or 'masked'")
     name = f"sparse_rtrl(k={k},{mask})"
-    if k == 0:
+    n = cell.n_hidden
+    if masks.paths(mask, k, n) == 0:  # k = 0, or the paper's ring with k = 1
         return _diagonal_traces(cell, loss, name, 0.0, native_kernel)
     propagate = {"gather": _gathered, "masked": _masked_dense}[impl]
     ring = None
-    if impl == "gather" and mask == "ring":
-        propagate = _ring_rolled([int(o) for o in masks.ring_offsets(k, cell.n_hidden)])
-        ring = tuple(masks.signed_ring_offsets(k))
+    offsets = masks.MASKS[mask].offsets
+    if impl == "gather" and offsets is not None:
+        propagate = _ring_rolled([int(o) % n for o in offsets(k, n)])
+        ring = tuple(offsets(k, n))
     return _sensitivity_algorithm(
         cell,
         loss,

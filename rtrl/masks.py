@@ -4,9 +4,12 @@ A selection is an index array idx [R, k]: row r of the Jacobian propagation term
 Σ_{j ∈ idx[r]} W_rec[r, j] M_h[j] (paper Eq. 8). Row r belongs to neuron r mod n (for the LSTM the
 four gate rows of a neuron are rows i, n+i, 2n+i, 3n+i).
 
-- ring: neuron i keeps itself and its nearest ring neighbours, offsets 0, +1, −1, +2, −2, ... (the
-  first k of them), so k = n keeps every path. The ring order is the unit index, which bears no
-  relation to the learned dense W_rec.
+- ring (the paper's): neuron i keeps its k/2 nearest ring neighbours on each side and not itself,
+  offsets ±1, ±2, …, ±⌊k/2⌋: 2⌊k/2⌋ paths, so k = 1 propagates nothing (as the companion paper
+  notes) and at most n − 1 distinct paths exist (k ≥ n − 1 keeps every path but the self path).
+- ring_self (this suite's earlier ring): itself and its nearest neighbours, offsets 0, +1, −1, +2,
+  −2, … (the first k of them), so k = n keeps every path. The ring order is the unit index,
+  which bears no relation to the learned dense W_rec.
 - random: k distinct columns per row, drawn once at init.
 - oracle: the k largest |W_rec[r, j]|, recomputed every `period` (200) steps.
 - anti_oracle: the k smallest |W_rec[r, j]|, same schedule.
@@ -26,11 +29,27 @@ ORACLE_PERIOD = 200
 
 
 class Mask(NamedTuple):
-    """A path-selection rule: `initial(key, W_rec [R, n], k) -> idx [R, k]` at init and
-    `refresh(idx, step, W_rec, row_gain [R], k, period) -> idx` before each step."""
+    """A path-selection rule: `initial(key, W_rec [R, n], k) -> idx [R, paths]` at init and
+    `refresh(idx, step, W_rec, row_gain [R], k, period) -> idx` before each step; `offsets(k, n)`
+    (ring masks only) the static signed ring offsets that idx holds, which lets sparse RTRL
+    read M as rolled views (and the CPU kernel use them)."""
 
     initial: Callable
     refresh: Callable
+    offsets: Callable | None = None
+
+
+def neighbour_ring_offsets(k: int, n: int) -> list[int]:
+    """The paper's ring: [+1, −1, +2, −2, …] up to ±⌊k/2⌋, never 0, distinct modulo n (so at most
+    n − 1 of them), static Python ints."""
+    offsets, seen, step = [], {0}, 1
+    while len(offsets) < min(2 * (k // 2), n - 1) and step <= n:
+        for o in (step, -step):
+            if o % n not in seen and len(offsets) < min(2 * (k // 2), n - 1):
+                offsets.append(o)
+                seen.add(o % n)
+        step += 1
+    return offsets
 
 
 def signed_ring_offsets(k: int) -> list[int]:
@@ -48,9 +67,18 @@ def ring_offsets(k: int, n: int) -> np.ndarray:
     return np.asarray(signed_ring_offsets(k), np.int32) % n
 
 
-def ring(rows: int, n: int, k: int) -> jax.Array:
+def ring(rows: int, n: int, k: int, offsets=None) -> jax.Array:
+    """idx [R, len(offsets)]: row r keeps neurons (r mod n + o) mod n; offsets default to the
+    ring_self offsets of k paths."""
+    offsets = signed_ring_offsets(k) if offsets is None else offsets
     neuron = jnp.arange(rows, dtype=jnp.int32) % n
-    return (neuron[:, None] + ring_offsets(k, n)[None, :]) % n
+    return (neuron[:, None] + np.asarray(offsets, np.int32)[None, :] % n) % n
+
+
+def paths(mask: str, k: int, n: int) -> int:
+    """How many paths per row the mask keeps for a requested k."""
+    spec = MASKS[mask]
+    return k if spec.offsets is None else len(spec.offsets(k, n))
 
 
 def random(key: jax.Array, rows: int, n: int, k: int) -> jax.Array:
@@ -80,7 +108,16 @@ def _dynamic(idx, step, W_rec, row_gain, k, period):
 
 
 MASKS = {
-    "ring": Mask(lambda key, W, k: ring(W.shape[0], W.shape[1], k), _fixed),
+    "ring": Mask(
+        lambda key, W, k: ring(*W.shape, k, neighbour_ring_offsets(k, W.shape[1])),
+        _fixed,
+        neighbour_ring_offsets,
+    ),
+    "ring_self": Mask(
+        lambda key, W, k: ring(*W.shape, k),
+        _fixed,
+        lambda k, n: signed_ring_offsets(k),
+    ),
     "random": Mask(lambda key, W, k: random(key, W.shape[0], W.shape[1], k), _fixed),
     "oracle": Mask(lambda key, W, k: top_k(jnp.abs(W), k), _periodic(1.0)),
     "anti_oracle": Mask(lambda key, W, k: top_k(-jnp.abs(W), k), _periodic(-1.0)),

@@ -41,13 +41,14 @@ def test_smoke_preset_writes_finite_results(table, tmp_path):
     assert rows and all(math.isfinite(v) for r in rows for v in r["loss"])
 
 
-def test_k_equal_n_matches_full_rtrl_in_the_study(tmp_path):
-    """In the smoke table3 (n = 8), k = 8, 16, 32 are all k = n: identical to full RTRL."""
+def test_k_at_least_n_keeps_every_path_but_self_in_the_study(tmp_path):
+    """In the smoke table3 (n = 8), k = 8, 16, 32 all keep the paper's ring's 7 paths (every
+    neighbour, never the self path): one algorithm, identical numbers, close to full RTRL."""
     summary = rtrl_sparse.run(presets.get_config("table3_smoke"), tmp_path)
     methods = next(iter(summary["settings"].values()))["methods"]
-    for label in ("k=8", "k=16", "k=32"):
-        np.testing.assert_allclose(methods[label]["post"], methods["full RTRL"]["post"], rtol=1e-6)
-        np.testing.assert_allclose(methods[label]["cos_post"], 1.0, atol=1e-5)
+    for label in ("k=16", "k=32"):
+        np.testing.assert_array_equal(methods[label]["post"], methods["k=8"]["post"])
+    assert np.all(np.asarray(methods["k=8"]["cos_post"]) > 0.9)
     # BPTT with window 1 is the immediate derivative, i.e. k = 0.
     np.testing.assert_allclose(methods["BPTT w=1 (ref)"]["post"], methods["k=0"]["post"], rtol=1e-5)
     # A rerun of a finished run prints its table and returns the same summary without computing.

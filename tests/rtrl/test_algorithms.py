@@ -20,7 +20,7 @@ T = 12  # sequence length for the exactness tests
 EXACT_RTOL = 1e-10  # exact algorithm vs jax.grad, float64 (observed ~1e-15)
 SAME_RTOL = 1e-12  # two implementations of the same arithmetic, float64
 CELLS = ("vanilla", "lstm")
-MASK_NAMES = ("ring", "random", "oracle", "anti_oracle", "dynamic")
+MASK_NAMES = ("ring_self", "random", "oracle", "anti_oracle", "dynamic")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,7 +209,7 @@ def test_rtrl_matches_central_finite_differences(cell_name):
     "cell_name, full_k_masks",
     # In the masked impl k = n keeps every entry whatever the mask, so the LSTM (the slower
     # compile) checks k = n on a subset: fixed, random and per-step selections.
-    [("vanilla", MASK_NAMES), ("lstm", ("ring", "random", "dynamic"))],
+    [("vanilla", MASK_NAMES), ("lstm", ("ring_self", "random", "dynamic"))],
 )
 def test_sparse_rtrl_full_k_and_impls(cell_name, full_k_masks):
     n, k_small = 6, 2
@@ -353,7 +353,9 @@ def test_sparse_rtrl_vanilla_sensitivity_equals_dense_masked_recursion(n, native
     n_in, k = 2, 3
     cell = rtrl.cells.get("vanilla", n_in=n_in, n_hidden=n, n_out=1)
     params, xs, ys = _problem(cell, 13, length=8)
-    algo = rtrl.algorithms.get("sparse_rtrl", cell, k=k, mask="ring", native_kernel=native_kernel)
+    algo = rtrl.algorithms.get(
+        "sparse_rtrl", cell, k=k, mask="ring_self", native_kernel=native_kernel
+    )
 
     @jax.jit
     def run(params, xs, ys):
@@ -590,3 +592,29 @@ def test_vmap_over_seeds_equals_sequential():
     for i, key in enumerate(keys):
         chex.assert_trees_all_close(_seed_slice(batched, i), run(key), rtol=0, atol=1e-12)
     assert max(_rel_errors(_seed_slice(batched, 0), _seed_slice(batched, 1)).values()) > 1e-2
+
+
+def test_paper_ring_keeps_neighbours_on_both_sides_and_never_itself():
+    """The paper's ring: ±1 .. ±k/2 (k = 1 propagates nothing); ring_self: 0, +1, −1, ..."""
+    np.testing.assert_array_equal(
+        masks.initial("ring", None, jnp.zeros((5, 5)), 4)[0], [1, 4, 2, 3]
+    )
+    assert masks.paths("ring", 1, 8) == 0 and masks.paths("ring", 5, 8) == 4
+    assert masks.paths("ring", 8, 8) == 7 and masks.paths("ring", 64, 8) == 7  # all but self
+    assert masks.neighbour_ring_offsets(8, 8) == [1, -1, 2, -2, 3, -3, 4]
+    cell = rtrl.cells.get("vanilla", 2, 8, 1)
+    key = jax.random.key(3)
+    params = cell.init(key, jnp.float64)
+    xs = jax.random.normal(jax.random.fold_in(key, 1), (6, 2), jnp.float64)
+    ys = jax.random.normal(jax.random.fold_in(key, 2), (6, 1), jnp.float64)
+    k1 = rtrl.sequence_grads(rtrl.algorithms.get("sparse_rtrl", cell, k=1), params, xs, ys, None)
+    k0 = rtrl.sequence_grads(rtrl.algorithms.get("sparse_rtrl", cell, k=0), params, xs, ys, None)
+    for name in k0:
+        np.testing.assert_array_equal(k1[name], k0[name])
+    # k = 4: the same gradient as the masked dense recursion with W_rec[i, i±1], W_rec[i, i±2]
+    gather = rtrl.algorithms.get("sparse_rtrl", cell, k=4, impl="gather")
+    masked = rtrl.algorithms.get("sparse_rtrl", cell, k=4, impl="masked")
+    a = rtrl.sequence_grads(gather, params, xs, ys, jax.random.key(0))
+    b = rtrl.sequence_grads(masked, params, xs, ys, jax.random.key(0))
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-12, atol=1e-14)

@@ -45,7 +45,9 @@ def _problem(cell, seed=0):
     return params, xs, ys
 
 
-@pytest.mark.parametrize("name,options", [("rtrl", {}), ("sparse_rtrl", {"k": N, "mask": "ring"})])
+@pytest.mark.parametrize(
+    "name,options", [("rtrl", {}), ("sparse_rtrl", {"k": N, "mask": "ring_self"})]
+)
 def test_exact_algorithms_follow_the_declared_hidden_leaf(name, options):
     cell = _lstm_c_first(N_IN, N, N_OUT)
     params, xs, ys = _problem(cell)
@@ -96,7 +98,14 @@ def test_a_cell_without_the_factorised_form_is_refused_by_name_of_what_is_missin
 
 
 def test_masks_are_a_registry():
-    assert set(rtrl.masks.MASKS) == {"ring", "random", "oracle", "anti_oracle", "dynamic"}
+    assert set(rtrl.masks.MASKS) == {
+        "ring",
+        "ring_self",
+        "random",
+        "oracle",
+        "anti_oracle",
+        "dynamic",
+    }
     W = jnp.asarray([[0.1, -3.0, 2.0], [5.0, 0.0, -1.0]])
     np.testing.assert_array_equal(rtrl.masks.initial("oracle", None, W, 1), [[1], [0]])
     np.testing.assert_array_equal(rtrl.masks.initial("anti_oracle", None, W, 1), [[0], [1]])

@@ -17,9 +17,9 @@ from rtrl import inplace
 
 N, N_IN, N_OUT, T = 24, 2, 3, 9  # n >= 4k, so ring k = 4 takes the gather path
 CASES = [
-    ("sparse_rtrl", {"k": 1, "mask": "ring"}),
-    ("sparse_rtrl", {"k": 3, "mask": "ring"}),
-    ("sparse_rtrl", {"k": 4, "mask": "ring"}),
+    ("sparse_rtrl", {"k": 1, "mask": "ring_self"}),
+    ("sparse_rtrl", {"k": 3, "mask": "ring_self"}),
+    ("sparse_rtrl", {"k": 4, "mask": "ring_self"}),
 ]
 
 

@@ -112,9 +112,9 @@ def test_kernel_equals_numpy(n, offsets, decay):
 
 # traces keep only M's diagonal blocks and have no kernel pass (tests/rtrl/test_diagonal.py).
 ALGO_CASES = [
-    ("sparse_rtrl", {"k": 1}),
-    ("sparse_rtrl", {"k": 3}),
-    ("sparse_rtrl", {"k": 4}),
+    ("sparse_rtrl", {"k": 1, "mask": "ring_self"}),
+    ("sparse_rtrl", {"k": 3, "mask": "ring_self"}),
+    ("sparse_rtrl", {"k": 4, "mask": "ring_self"}),
 ]
 
 
@@ -331,9 +331,10 @@ def test_first_build_prints_one_line(monkeypatch, tmp_path, capsys):
 
 
 GRAD_CASES = [
-    ("vanilla", 16, "sparse_rtrl", {"k": 4}),  # banded path
-    ("vanilla", 18, "sparse_rtrl", {"k": 4}),  # general path
-    ("lstm", 16, "sparse_rtrl", {"k": 3}),  # two leaves
+    ("vanilla", 16, "sparse_rtrl", {"k": 4, "mask": "ring_self"}),  # banded path
+    ("vanilla", 18, "sparse_rtrl", {"k": 4, "mask": "ring_self"}),  # general path
+    ("vanilla", 16, "sparse_rtrl", {"k": 4, "mask": "ring"}),  # the paper's ring: general path
+    ("lstm", 16, "sparse_rtrl", {"k": 3, "mask": "ring_self"}),  # two leaves
 ]
 
 

@@ -109,7 +109,7 @@ def _records(cell_name, name, **options):
 @pytest.mark.parametrize("cell_name", ["vanilla", "lstm"])
 @pytest.mark.parametrize(
     ("name", "options"),
-    [("rtrl", {}), ("sparse_rtrl", {"k": 6, "mask": "ring"})],  # full RTRL itself; k = n
+    [("rtrl", {}), ("sparse_rtrl", {"k": 6, "mask": "ring_self"})],  # full RTRL itself; k = n
     ids=["full_vs_itself", "k_equal_n"],
 )
 def test_exact_algorithms_give_theta_cosine_one(cell_name, name, options):
@@ -129,7 +129,7 @@ def test_an_approximation_differs_on_theta_and_not_on_the_readout(cell_name):
     """k = 0 (immediate derivative) against full RTRL: the readout gradients agree to rounding,
     the Θ cosine is below 1, and the all-parameter cosine is pulled above the Θ one on average
     (not at every step: with ‖g_Θ‖ ≠ ‖g_Θ^full‖ the shared readout can also lower it)."""
-    records = _records(cell_name, "sparse_rtrl", k=0, mask="ring")
+    records = _records(cell_name, "sparse_rtrl", k=0, mask="ring_self")
     scale = np.linalg.norm(records.shadow_readout_norm, axis=1)
     np.testing.assert_allclose(records.readout_difference, 0.0, atol=1e-12 * scale.max())
     late = slice(T // 2, None)  # once M has had time to build paths k = 0 drops
