@@ -1,4 +1,4 @@
-"""One in-place pass over the sensitivity tensor for ring-sparse RTRL and eligibility traces.
+"""One in-place pass over the sensitivity tensor for ring-sparse RTRL (traces: see forward).
 
 For a propagation term that only reaches ring neighbours, P_t[g n + i] = Σ_s w[g n + i, s]
 M_h,{t-1}[(i + o_s) mod n] (paper Eq. 8 with a ring mask; no term at all for traces), the new
@@ -36,11 +36,6 @@ from rtrl import cells
 # the loop, small enough that a block and its neighbours stay in cache between the passes.
 # Vanilla n=256, k=4, idle: blocks of 1, 2, 4, 8, 16 MiB took 18, 14, 11, 11, 15 ms per step.
 BLOCK_BYTES = 4 << 20
-# Traces (no propagation term) only take the pass when M is larger than this machine's L3
-# (32 MiB): below it the whole-tensor update, an elementwise pass over cached data, was as fast
-# or faster (LSTM n=64: 0.9 vs 1.8 ms per step), while ring-sparse RTRL gains at every size
-# where blocks apply (LSTM n=64: 32 → 6 ms per step).
-TRACES_MIN_BYTES = 32 << 20
 
 
 def block_rows(n: int, row_bytes: int, reach: int) -> int | None:

@@ -1,4 +1,5 @@
-"""A CPU kernel (XLA FFI custom call) for ring-sparse RTRL and eligibility traces.
+"""A CPU kernel (XLA FFI custom call) for ring-sparse RTRL (its decay term served full-M traces,
+which now keep only M's diagonal blocks and need no pass).
 
 With an elementwise core s_t = core(z_t, s_{t-1}) the sensitivity step is linear in the old
 rows, with per-neuron coefficients. For carry leaves l (h; the LSTM's c), ring offsets o_s
