@@ -54,7 +54,7 @@ class DiagonalState(NamedTuple):
     M: object  # like carry, each leaf [n, G, m]: M[i, g, :] = ∂s_{t-1,i}/∂Θ[g n + i, :]
 
 
-def _sensitivity_algorithm(
+def sensitivity_algorithm(
     cell,
     loss,
     name,
@@ -98,7 +98,7 @@ def _sensitivity_algorithm(
     block = None
     if ring:
         block = inplace.block_rows(n, row_bytes, max(abs(o) for o in ring))
-    applies = bool(ring) and native.supports(cell, ring)
+    applies = bool(ring) and native.supports(cell, _with_self(ring))
     if native_kernel and not (applies and native.available()):
         raise ValueError(_NEEDS_KERNEL)
     may_use_native = applies and native_kernel is not False
@@ -153,19 +153,29 @@ def _sensitivity_algorithm(
     return Algorithm(name, init, step)
 
 
+def _with_self(ring):
+    """Ring offsets with the self path 0 first: the paper's ring (±1, ±2, ...) then has the
+    kernel's banded order [0, 1, -1, 2, ...] (2.7x faster than its general path at n = 256)."""
+    return tuple(ring) if not ring or 0 in ring else (0, *ring)
+
+
 def _kernel_pass(cell, ring, xla):
     """`xla`'s (M_t, g_M) from the `rtrl.native` kernel on a CPU (`jax.lax.platform_dependent`:
     the XLA program where the program is lowered for another platform), with the XLA program's
     derivative: the custom call has no differentiation rule, so jvp (and through it grad) of a
     step takes the tangent of the XLA program, same values, at the kernel's primal."""
 
+    kernel_ring = _with_self(ring)
+
     def kernel(M_prev, w, coef, z, v, carry, W_rec, idx):
+        if kernel_ring != ring:  # the self path with weight 0: the same sum, banded offsets
+            w = jnp.concatenate([jnp.zeros_like(w[:, :1]), w], axis=1)
         A, B, E = native.step_coefficients(cell, z, carry, w, 0.0)
         # The dtype XLA's program would promote to (mixed inputs), so both branches agree.
         dtype = jnp.result_type(*jax.tree.leaves(M_prev), A, v)
         M_prev = jax.tree.map(lambda leaf: leaf.astype(dtype), M_prev)
         coef = jnp.stack(jax.tree.leaves(coef), axis=1)  # [n, L]
-        return native.ring_pass(M_prev, A, B, E, v, coef, ring)
+        return native.ring_pass(M_prev, A, B, E, v, coef, kernel_ring)
 
     @jax.custom_jvp
     def kernel_pass(*args):
@@ -221,7 +231,8 @@ def _dense_adjoint(W_rec, c, idx):
     return W_rec.T @ c
 
 
-def _gathered_adjoint(W_rec, c, idx):
+def gathered_adjoint(W_rec, c, idx):
+    """u = Pᵀ c for a gathered selection: u_j = Σ_r [j ∈ idx[r]] W_rec[r, j] c_r, shape [n]."""
     w = jnp.take_along_axis(W_rec, idx, axis=1)  # [R, k]
     return jnp.zeros((W_rec.shape[1],), c.dtype).at[idx].add(w * c[:, None])
 
@@ -243,7 +254,7 @@ _NEEDS_KERNEL = (
 
 def rtrl(cell, loss="mse"):
     """Full RTRL, M ← J M + M_imm (Williams & Zipser 1989)."""
-    return _sensitivity_algorithm(cell, loss, "rtrl", _dense, _dense_adjoint)
+    return sensitivity_algorithm(cell, loss, "rtrl", _dense, _dense_adjoint)
 
 
 def sparse_rtrl(cell, k, mask="ring", loss="mse", impl=None, native_kernel=None):
@@ -279,12 +290,12 @@ def sparse_rtrl(cell, k, mask="ring", loss="mse", impl=None, native_kernel=None)
     if impl == "gather" and offsets is not None:
         propagate = _ring_rolled([int(o) % n for o in offsets(k, n)])
         ring = tuple(offsets(k, n))
-    return _sensitivity_algorithm(
+    return sensitivity_algorithm(
         cell,
         loss,
         name,
         propagate,
-        _gathered_adjoint,
+        gathered_adjoint,
         select=True,
         k=k,
         mask=mask,

@@ -141,12 +141,12 @@ def algorithms(cell, k: int, decay: float) -> dict:
         SPARSE_MASKED: rtrl.algorithms.get("sparse_rtrl", cell, k=k, mask="ring", impl="masked"),
         # The library's shared sensitivity step with only the propagation term swapped, so the
         # row differs from the shipped sparse_rtrl in that term alone.
-        SPARSE_NAIVE: forward._sensitivity_algorithm(
+        SPARSE_NAIVE: forward.sensitivity_algorithm(
             cell,
             "mse",
             SPARSE_NAIVE,
             _naive_gather,
-            forward._gathered_adjoint,
+            forward.gathered_adjoint,
             select=True,
             k=k,
             mask="ring",

@@ -464,3 +464,23 @@ def test_concurrent_kernel_calls_never_deadlock(mode):
     except subprocess.TimeoutExpired:
         pytest.fail(f"{mode}: concurrent kernel calls did not finish in {DEADLOCK_SECONDS} s")
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+@requires_kernel
+@pytest.mark.parametrize("cell_name", ["vanilla", "lstm"])
+def test_paper_ring_takes_the_banded_kernel_with_a_zero_self_weight(cell_name):
+    """The paper's ring (±1, ±2) goes to the kernel as offsets (0, 1, -1, 2, -2) with the self
+    weight 0: the same gradients as the XLA program (float64), and the kernel is in the HLO."""
+    cell = rtrl.cells.get(cell_name, n_in=2, n_hidden=16, n_out=2)
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), cell.init(jax.random.key(0)))
+    xs = jax.random.normal(jax.random.key(1), (12, 2), jnp.float64)
+    ys = jax.random.normal(jax.random.key(2), (12, 2), jnp.float64)
+    out = {}
+    for use in (None, False):
+        algo = rtrl.algorithms.get("sparse_rtrl", cell, k=4, mask="ring", native_kernel=use)
+        fn = jax.jit(lambda p, algo=algo: rtrl.sequence_grads(algo, p, xs, ys, None))
+        out[use] = fn(params)
+        hlo = fn.lower(params).as_text()
+        assert ("credit_ring_pass" in hlo) == (use is None)
+    for name in out[None]:
+        np.testing.assert_allclose(out[None][name], out[False][name], rtol=1e-12, atol=1e-14)
