@@ -294,7 +294,7 @@ class Runner:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
             path = self.runs_dir / f"{slug(run.id)}.npz"
             tmp = path.with_name(path.stem + ".tmp.npz")
-            np.savez(
+            np.savez_compressed(
                 tmp, diverged=diverged, **{k.replace("/", "__"): v for k, v in records.items()}
             )
             tmp.replace(path)
