@@ -318,7 +318,7 @@ def traces(cell, decay=0.0, loss="mse", native_kernel=None):
     return _diagonal_traces(cell, loss, f"traces(decay={decay:g})", decay, native_kernel)
 
 
-def _diagonal_traces(cell, loss, name, decay, native_kernel=None):
+def _diagonal_traces(cell, loss, name, decay, native_kernel=None, self_path=False):
     """traces and sparse_rtrl(k=0) on the diagonal blocks of M, O(n·G·m) per step.
 
     With P_t = 0 nothing carries sensitivity from one neuron to another, so M_t[i, a] = 0 for
@@ -359,6 +359,10 @@ def _diagonal_traces(cell, loss, name, decay, native_kernel=None):
         carry = cell.core(z, state.carry)
         gate = jnp.arange(R) // n
         dz = (gate[:, None] == jnp.arange(G)[None, :]).astype(v.dtype)[:, :, None] * v  # Z_t
+        if self_path:  # SnAp-1: dz[r] += W_rec[r, r mod n] M_h[r mod n]
+            neuron = jnp.arange(R) % n
+            self_w = params["W_rec"][jnp.arange(R), neuron]
+            dz = dz + self_w[:, None, None] * cell.hidden(state.M)[neuron]
         M = cells_lib.core_tangent(cell, z, state.carry, dz, state.M)
         if decay:
             M = cells_lib.add_to_hidden(cell, M, decay * cell.hidden(state.M))
@@ -373,42 +377,7 @@ def _diagonal_traces(cell, loss, name, decay, native_kernel=None):
     return Algorithm(name, init, step)
 
 
-class Snap1State(NamedTuple):
-    carry: object  # s_{t-1}
-    M: object  # like carry, each leaf [n, G, m]: ∂s_i/∂Θ[g n + i, :]
-
-
 def snap1(cell, loss="mse"):
-    """SnAp-1: keep only the one-step sparsity pattern of M (Menick et al. 2021)."""
-    cells_lib.require(cell, cells_lib.FACTORISED, "snap1")
-    loss_fn = losses.get(loss)
-    n, R = cell.n_hidden, cell.n_rows
-    G, m = R // n, n + cell.n_in + 1
-
-    def init(key, params):
-        dtype = params["W_rec"].dtype
-        carry = cell.initial_carry(dtype)
-        return Snap1State(carry, jax.tree.map(lambda _: jnp.zeros((n, G, m), dtype), carry))
-
-    def step(params, state, x, y):
-        target = losses.as_target(y)
-        check_step_shapes(cell, x, target)
-        v = cells_lib.inputs_vector(cell.hidden(state.carry), x)
-        z = cells_lib.theta(params) @ v
-        neuron = jnp.arange(R) % n
-        self_w = params["W_rec"][jnp.arange(R), neuron]  # W_rec[g n + i, i], [R]
-        # dz[r, g', :] = ∂z_r/∂Θ[g' n + (r mod n), :]
-        gate = jnp.arange(R) // n
-        dz = (gate[:, None] == jnp.arange(G)[None, :]).astype(v.dtype)[:, :, None] * v
-        dz = dz + self_w[:, None, None] * cell.hidden(state.M)[neuron]
-        carry = cell.core(z, state.carry)
-        M = cells_lib.core_tangent(cell, z, state.carry, dz, state.M)
-        pred, step_loss, dh, readout_grads = readout_step(
-            cell, loss_fn, params, cell.hidden(carry), target
-        )
-        g_rows = dh[:, None, None] * cell.hidden(M)  # [n, G, m] -> rows g n + i
-        g_theta = jnp.transpose(g_rows, (1, 0, 2)).reshape(R, m)
-        out = StepOutput(assemble(cell, g_theta, readout_grads), step_loss, pred)
-        return Snap1State(carry, M), out
-
-    return Algorithm("snap1", init, step)
+    """SnAp-1: keep only the one-step sparsity pattern of M (Menick et al. 2021): the diagonal
+    blocks, propagated through each neuron's self weight W_rec[g n + i, i] (`DiagonalState`)."""
+    return _diagonal_traces(cell, loss, "snap1", 0.0, self_path=True)
