@@ -5,15 +5,16 @@
 
 Presets: table3 (k-sweep, sine, n=64), table4 (Lorenz, n=64 and 128), table5 (multi-regime
 sine), uoro (UORO vs k=4 vs full, Lorenz and multi-sine), tbptt (truncated BPTT with a per-window
-learning-rate sweep), table6 (selection strategies), table7 (copy and adding), table8 (LSTM),
-table9 (n=256, and n=512 with 2 seeds), table13 (Jacobian spectra). Every preset has a `_smoke`
-variant (short streams, small n, 2 seeds) that the tests run.
+learning-rate sweep), table6 (selection strategies), table7 (copy with and without a delay, and
+adding), table8 (LSTM on sine and Lorenz), table9 (n=256, and n=512 with 2 seeds), table13
+(Jacobian spectra), sgd (the SGD ablation). Every preset has a `_smoke` variant (short streams,
+small n, 2 seeds) that the tests run. mask="ring" is the paper's ring (±1 … ±k/2, no self path).
 
 Shared protocol (the paper's Adam settings were lost in its text conversion, so these are ours):
-Adam, lr 1e-3, β = (0.9, 0.999), one update per step; seeds 42, 123, 7, 2024, 31337 (the paper's
-seed labels; our PRNG differs, so per-seed values are not comparable one to one); pre-shift MSE =
-mean online loss over the 500 steps before the shift, post-shift MSE = mean over the last 500
-steps. Runtimes on the 2-core CPU are in README.
+Adam (SGD in `sgd`), lr 1e-3, β = (0.9, 0.999), one update per step; seeds 42, 123, 7, 2024,
+31337 (the paper's seed labels; our PRNG differs, so per-seed values are not comparable one to
+one); pre-shift MSE = mean online loss over the 500 steps before the shift, post-shift MSE =
+mean over the last 500 steps. Runtimes on the 2-core CPU are in README.
 """
 
 import ml_collections
