@@ -80,10 +80,11 @@ def streams(config, setting):
     return spec, keys, jax.tree.map(lambda a: a.astype(dtype), data)
 
 
-def make_run(config, work: dict, runner_: runner.Runner) -> runner.Run:
+def make_run(config, work: dict, runner_: runner.Runner, setting_streams) -> runner.Run:
+    """setting_streams: `streams(config, setting)` of the work's setting, shared by its runs."""
     setting = config.settings[work["setting"]]
     method = setting["methods"][work["method"]]
-    spec, keys, data = streams(config, setting)
+    spec, keys, data = setting_streams
     cell, algo = build_algorithm(setting, method, spec)
     shadow = None
     if setting.get("shadow") and method["algo"] != SHADOW:
@@ -174,7 +175,11 @@ def _clean(arr) -> list:
 
 def study(config, runner_: runner.Runner):
     todo = run_specs(config)
-    runs = [make_run(config, work, runner_) for work in todo]
+    by_setting = {}  # every method of a setting reads the same streams: generate them once
+    for work in todo:
+        if work["setting"] not in by_setting:
+            by_setting[work["setting"]] = streams(config, config.settings[work["setting"]])
+    runs = [make_run(config, work, runner_, by_setting[work["setting"]]) for work in todo]
     runner_.plan(runs)
     done = {run.id: runner_.run(run) for run in runs}
     return report.write(config, runner_, todo, done)

@@ -337,16 +337,7 @@ class Runner:
             return self._programs[key], 0.0
         self._programs = {k: v for k, v in self._programs.items() if k[0] == run.id}
         tick = time.perf_counter()
-        program = self._all_lanes(run)
-        if len(self.devices) > 1:  # pinned: XLA would replicate zero-size outputs otherwise
-            lanes = NamedSharding(self.mesh, PartitionSpec("lanes"))
-            shared = NamedSharding(self.mesh, PartitionSpec())
-            batch_sharding = lanes if run.per_lane_batches else shared
-            program = jax.jit(
-                program, in_shardings=(lanes, lanes, batch_sharding), out_shardings=lanes
-            )
-        else:
-            program = jax.jit(program)
+        program = self._jitted(run)
         compiled = program.lower(state, args, batch).compile()
         memory = compiled.memory_analysis()
         temp = int(getattr(memory, "temp_size_in_bytes", 0) or 0)
@@ -360,7 +351,9 @@ class Runner:
         self.compile_info[run.id] = {"temp_bytes": temp, "seconds": seconds}
         return compiled, seconds
 
-    def _all_lanes(self, run: Run):
+    def _jitted(self, run: Run):
+        """The jitted chunk program of all lanes; over several devices a shard_map of the lanes
+        whose in/out shardings are pinned too (XLA would replicate zero-size outputs otherwise)."""
         lanes = lanes_program(
             run.step,
             group=run.group,
@@ -368,15 +361,19 @@ class Runner:
             chunk_end=run.chunk_end,
         )
         if len(self.devices) == 1:
-            return lanes
-        spec = PartitionSpec("lanes")
-        return jax.shard_map(
+            return jax.jit(lanes)
+        lane, batch = PartitionSpec("lanes"), PartitionSpec()
+        if run.per_lane_batches:
+            batch = lane
+        mapped = jax.shard_map(
             lanes,
             mesh=self.mesh,
-            in_specs=(spec, spec, spec if run.per_lane_batches else PartitionSpec()),
-            out_specs=spec,
+            in_specs=(lane, lane, batch),
+            out_specs=lane,
             check_vma=False,  # lanes are independent; custom calls (rtrl.native) carry no VMA type
         )
+        named = [NamedSharding(self.mesh, spec) for spec in (lane, lane, batch)]
+        return jax.jit(mapped, in_shardings=tuple(named), out_shardings=named[0])
 
     def _check_finite(self, run: Run, metrics: dict, first: int, diverged: np.ndarray) -> None:
         for quantity in run.watch:
