@@ -52,8 +52,13 @@ def task_spec(setting) -> tasks.TaskSpec:
 
 
 def build_algorithm(setting, method, spec):
+    """The setting's cell and the method's algorithm; dense_until="shift" is the stream's first
+    shift (so smoke presets, with shorter streams, keep the protocol)."""
     cell = rtrl.cells.get(setting["cell"], spec.n_in, setting["n_hidden"], spec.n_out)
-    algo = rtrl.algorithms.get(method["algo"], cell, loss=spec.loss, **method["options"])
+    options = dict(method["options"])
+    if options.get("dense_until") == "shift":
+        options["dense_until"] = spec.shifts[0]
+    algo = rtrl.algorithms.get(method["algo"], cell, loss=spec.loss, **options)
     return cell, algo
 
 
@@ -150,6 +155,9 @@ def make_run(config, work: dict, runner_: runner.Runner, setting_streams) -> run
 
     def finish(state, records, diverged):
         records = {**records, "seconds": runner_.busy_s.get(work["id"], 0.0)}
+        score = getattr(state.algo_state, "score", None)
+        if score is not None and score.shape[-1]:  # [S, n] Fisher of a dense phase
+            records["fisher"] = np.asarray(score)
         return report.run_summary(config, setting, work, records, data)
 
     return runner.Run(

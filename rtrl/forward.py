@@ -45,6 +45,7 @@ class SensitivityState(NamedTuple):
     M: object  # like carry, each leaf [n, R, m]
     idx: jax.Array  # [R, k] int32 selected paths (sparse_rtrl; [R, 0] otherwise)
     t: jax.Array  # [] int32 steps taken
+    score: jax.Array  # [n] per-neuron empirical Fisher of the dense phase ([0] without one)
 
 
 class DiagonalState(NamedTuple):
@@ -65,6 +66,7 @@ def sensitivity_algorithm(
     mask="ring",
     ring=None,
     native_kernel=None,
+    dense_until=0,
 ):
     """The shared forward-mode step of rtrl and sparse_rtrl (k >= 1), on the whole M.
 
@@ -89,6 +91,13 @@ def sensitivity_algorithm(
     backends), False never, True insists (an error if it cannot be used or does not apply).
     Differentiating through the step (jax.grad of a function of `step`) differentiates the XLA
     program while the primal stays on the kernel (`_kernel_pass`).
+
+    `dense_until` = T₀ > 0 (a selection experiment, `sparse_rtrl(..., dense_until=T₀)`): steps
+    t < T₀ propagate every path (full RTRL, exact gradient) and accumulate each neuron's
+    empirical Fisher F_j = Σ_{t<T₀} Σ_g ‖∂L_t/∂Θ[g n + j, :]‖² (its G rows of Θ); at t = T₀ a
+    scored mask (`masks.Mask.scored`) selects from F, and from then on `propagate` keeps k paths.
+    Both propagation terms are evaluated every step (a `jnp.where` on t, which `vmap` over seeds
+    would make of a `lax.cond` too), so the dense cost is paid throughout: meant for small n.
     """
     cells_lib.require(cell, cells_lib.FACTORISED, name)
     loss_fn = losses.get(loss)
@@ -98,6 +107,9 @@ def sensitivity_algorithm(
     block = None
     if ring:
         block = inplace.block_rows(n, row_bytes, max(abs(o) for o in ring))
+    if dense_until and ring:
+        raise ValueError("dense_until switches between propagation terms; it needs ring=None")
+    scored = masks.MASKS[mask].scored if select else None
     applies = bool(ring) and native.supports(cell, _with_self(ring))
     if native_kernel and not (applies and native.available()):
         raise ValueError(_NEEDS_KERNEL)
@@ -110,7 +122,8 @@ def sensitivity_algorithm(
         idx = (
             masks.initial(mask, key, params["W_rec"], k) if select else jnp.zeros((R, 0), jnp.int32)
         )
-        return SensitivityState(carry, M, idx, jnp.zeros((), jnp.int32))
+        score = jnp.zeros((n if dense_until else 0,), dtype)
+        return SensitivityState(carry, M, idx, jnp.zeros((), jnp.int32), score)
 
     def step(params, state, x, y):
         target = losses.as_target(y)
@@ -122,18 +135,30 @@ def sensitivity_algorithm(
         if select:
             gain = cell.row_gain(z)
             idx = masks.refresh(mask, idx, state.t, params["W_rec"], gain, k)
+        if scored is not None:  # the selection from the dense phase's Fisher, at t = T₀
+            idx = jnp.where(state.t == dense_until, scored(state.score, R, k), idx)
+        dense = state.t < dense_until  # [] bool, False throughout without a dense phase
+        step_propagate, step_adjoint = propagate, adjoint
+        if dense_until:
+
+            def step_propagate(W_rec, M_h, idx):
+                return jnp.where(dense, _dense(W_rec, M_h, idx), propagate(W_rec, M_h, idx))
+
+            def step_adjoint(W_rec, c, idx):
+                return jnp.where(dense, _dense_adjoint(W_rec, c, idx), adjoint(W_rec, c, idx))
+
         carry = cell.core(z, state.carry)
         h = cell.hidden(carry)
         pred, step_loss, dh, readout_grads = readout_step(cell, loss_fn, params, h, target)
         _, core_vjp = jax.vjp(lambda zz, ss: cell.hidden(cell.core(zz, ss)), z, state.carry)
         c_z, c_s = core_vjp(dh)
-        coef = cells_lib.add_to_hidden(cell, c_s, adjoint(params["W_rec"], c_z, idx))
+        coef = cells_lib.add_to_hidden(cell, c_s, step_adjoint(params["W_rec"], c_z, idx))
         w = jnp.take_along_axis(params["W_rec"], idx, axis=1)  # [R, k]
 
         def xla(M_prev, w, coef, z, v, carry, W_rec, idx):
             if block is None:
-                prev = SensitivityState(carry, M_prev, idx, None)
-                M = _update(cell, {"W_rec": W_rec}, prev, z, v, idx, propagate)
+                prev = SensitivityState(carry, M_prev, idx, None, None)
+                M = _update(cell, {"W_rec": W_rec}, prev, z, v, idx, step_propagate)
                 pairs = zip(jax.tree.leaves(coef), jax.tree.leaves(M_prev), strict=True)
                 g_M = sum(jnp.einsum("i,iam->am", c, leaf) for c, leaf in pairs)
                 return M, g_M
@@ -148,7 +173,11 @@ def sensitivity_algorithm(
             M, g_M = xla(*args)
         g_theta = jnp.outer(c_z, v) + g_M
         out = StepOutput(assemble(cell, g_theta, readout_grads), step_loss, pred)
-        return SensitivityState(carry, M, idx, state.t + 1), out
+        score = state.score
+        if dense_until:  # Σ_g ‖g_Θ[g n + j]‖² per neuron j, while the gradient is exact
+            fisher = jnp.sum(g_theta**2, axis=1).reshape(R // n, n).sum(axis=0)
+            score = score + jnp.where(dense, fisher, 0.0).astype(score.dtype)
+        return SensitivityState(carry, M, idx, state.t + 1, score), out
 
     return Algorithm(name, init, step)
 
@@ -204,6 +233,8 @@ def _dense(W_rec, M_h, idx):
 
 
 def _gathered(W_rec, M_h, idx):
+    if idx.shape[1] == 0:  # no path (k = 0 after a dense phase)
+        return jnp.zeros((W_rec.shape[0], M_h.shape[1]), M_h.dtype)
     w = jnp.take_along_axis(W_rec, idx, axis=1)  # [R, k]
     total = w[:, 0, None] * M_h[idx[:, 0]]
     for s in range(1, idx.shape[1]):
@@ -257,7 +288,7 @@ def rtrl(cell, loss="mse"):
     return sensitivity_algorithm(cell, loss, "rtrl", _dense, _dense_adjoint)
 
 
-def sparse_rtrl(cell, k, mask="ring", loss="mse", impl=None, native_kernel=None):
+def sparse_rtrl(cell, k, mask="ring", loss="mse", impl=None, native_kernel=None, dense_until=0):
     """Sparse RTRL: k of n propagation paths per row (paper Eq. 8), M [n, R, m] per carry leaf.
 
     impl: None (auto), "gather" or "masked". native_kernel (the ring mask with the gather impl):
@@ -267,9 +298,24 @@ def sparse_rtrl(cell, k, mask="ring", loss="mse", impl=None, native_kernel=None)
     k = 0 keeps no path: the same algorithm as traces(decay=0) (the immediate derivative), which
     stores only M's diagonal blocks, [n, G, m] per carry leaf (`DiagonalState`), and costs
     O(n·G·m) per step. It has no kernel pass: native_kernel None and False give the same program,
-    True raises a ValueError."""
+    True raises a ValueError.
+
+    dense_until = T₀ > 0: full RTRL for t < T₀ (accumulating each neuron's empirical Fisher),
+    then k paths per row from t = T₀ on, chosen by the mask at T₀ ("fisher" / "anti_fisher": the
+    k neurons of largest / smallest Fisher for every row; any other mask its usual selection).
+    M is stored whole throughout (also for k = 0) and the gather impl reads ring masks by index.
+    The paper's §4.8 RNN comparison; the transformer's protocol trains task 1 densely the same way.
+    """
     k = int(k)
+    dense_until = int(dense_until)
     masks.check(mask, k, cell.n_hidden)
+    if dense_until < 0:
+        raise ValueError(f"dense_until must be >= 0 (0: no dense phase), got {dense_until}")
+    if masks.MASKS[mask].scored is not None and not dense_until:
+        raise ValueError(
+            f"mask {mask!r} selects from the Fisher of a dense phase; pass dense_until=T0 > 0"
+            " (the step at which it selects, e.g. the stream's shift)"
+        )
     if mask == "dynamic" and cell.row_gain is None:
         raise ValueError(f"the dynamic mask needs the cell's row_gain; {cell.name!r} has none")
     if impl is None:
@@ -282,12 +328,17 @@ def sparse_rtrl(cell, k, mask="ring", loss="mse", impl=None, native_kernel=None)
         raise ValueError(f"unknown impl {impl!r}; use 'gather' or 'masked'")
     name = f"sparse_rtrl(k={k},{mask})"
     n = cell.n_hidden
-    if masks.paths(mask, k, n) == 0:  # k = 0, or the paper's ring with k = 1
+    none = masks.paths(mask, k, n) == 0  # k = 0, or the paper's ring with k = 1
+    if none and not dense_until:
         return _diagonal_traces(cell, loss, name, 0.0, native_kernel)
+    if dense_until:
+        name = f"sparse_rtrl(k={k},{mask},dense_until={dense_until})"
+        if native_kernel:
+            raise ValueError(_NEEDS_KERNEL)
     propagate = {"gather": _gathered, "masked": _masked_dense}[impl]
     ring = None
     offsets = masks.MASKS[mask].offsets
-    if impl == "gather" and offsets is not None:
+    if impl == "gather" and offsets is not None and not dense_until:
         propagate = _ring_rolled([int(o) % n for o in offsets(k, n)])
         ring = tuple(offsets(k, n))
     return sensitivity_algorithm(
@@ -296,11 +347,12 @@ def sparse_rtrl(cell, k, mask="ring", loss="mse", impl=None, native_kernel=None)
         name,
         propagate,
         gathered_adjoint,
-        select=True,
+        select=not none,
         k=k,
         mask=mask,
         ring=ring,
         native_kernel=native_kernel,
+        dense_until=dense_until,
     )
 
 

@@ -16,6 +16,11 @@ four gate rows of a neuron are rows i, n+i, 2n+i, 3n+i).
 - dynamic: the k largest |J_rj| every step, J_rj = φ'(z_r) W_rec[r, j] the one-step Jacobian of
   row r with respect to h_{t-1, j}. (Scaling a row by φ'(z_r) does not change its order, so for
   these cells this equals the oracle recomputed every step.)
+- fisher / anti_fisher (scored): after a dense phase of full RTRL (sparse_rtrl's dense_until = T₀),
+  every row keeps the same k neurons, those of largest / smallest empirical Fisher
+  F_j = Σ_{t<T₀} Σ_g ‖∂L_t/∂Θ[g n + j, :]‖², fixed from T₀ on (the paper's §4.8 RNN comparison;
+  our reading: the paper says only "Fisher oracle" for the RNN, and decomposes the squared
+  gradient over each head's parameters for the transformer, here over each neuron's rows of Θ).
 """
 
 from collections.abc import Callable
@@ -32,11 +37,14 @@ class Mask(NamedTuple):
     """A path-selection rule: `initial(key, W_rec [R, n], k) -> idx [R, paths]` at init and
     `refresh(idx, step, W_rec, row_gain [R], k, period) -> idx` before each step; `offsets(k, n)`
     (ring masks only) the static signed ring offsets that idx holds, which lets sparse RTRL
-    read M as rolled views (and the CPU kernel use them)."""
+    read M as rolled views (and the CPU kernel use them); `scored(score [n], R, k) -> idx`
+    (scored masks only) the selection made once from a per-neuron score at the end of a dense
+    phase (`initial` then only fills the state until that step)."""
 
     initial: Callable
     refresh: Callable
     offsets: Callable | None = None
+    scored: Callable | None = None
 
 
 def neighbour_ring_offsets(k: int, n: int) -> list[int]:
@@ -107,6 +115,13 @@ def _dynamic(idx, step, W_rec, row_gain, k, period):
     return top_k(jnp.abs(row_gain[:, None] * W_rec), k)
 
 
+def _scored(sign):
+    def select(score, rows, k):
+        return jnp.broadcast_to(top_k(sign * score[None, :], k), (rows, k))
+
+    return select
+
+
 MASKS = {
     "ring": Mask(
         lambda key, W, k: ring(*W.shape, k, neighbour_ring_offsets(k, W.shape[1])),
@@ -122,6 +137,8 @@ MASKS = {
     "oracle": Mask(lambda key, W, k: top_k(jnp.abs(W), k), _periodic(1.0)),
     "anti_oracle": Mask(lambda key, W, k: top_k(-jnp.abs(W), k), _periodic(-1.0)),
     "dynamic": Mask(lambda key, W, k: top_k(jnp.abs(W), k), _dynamic),
+    "fisher": Mask(lambda key, W, k: top_k(jnp.abs(W), k), _fixed, scored=_scored(1.0)),
+    "anti_fisher": Mask(lambda key, W, k: top_k(jnp.abs(W), k), _fixed, scored=_scored(-1.0)),
 }
 
 

@@ -84,6 +84,9 @@ def run_summary(config, setting, work, store, data) -> dict:
         steps = setting["task_options"].get("episode_len", 50) * config.adding_eval_episodes
         w = np.asarray(data.weights)[:, -steps:]
         out["post"] = (np.sum(loss[:, -steps:] * w, axis=1) / np.sum(w, axis=1)).tolist()
+    if "fisher" in store:  # [S, n] per-neuron Fisher at the end of the dense phase
+        fisher = np.asarray(store["fisher"], np.float64)
+        out["fisher_spread"] = (fisher.max(axis=1) / fisher.min(axis=1)).tolist()
     out["seconds"] = float(store["seconds"])
     return out
 
@@ -348,6 +351,10 @@ def setting_table(config, setting, chosen, per_method) -> str:
                     method.get("paper") or "",
                 ]
             )
+        if not setting.get("traces_floor"):  # no traces run: its R and failure columns go
+            keep = [i for i, h in enumerate(headers) if "None" not in h]
+            headers = [headers[i] for i in keep]
+            rows = [[row[i] for i in keep] for row in rows]
         lines.append(results.markdown_table(headers, rows))
         lines.append(
             "\nPre-shift plateaued: seeds whose mean loss over the last "
@@ -356,6 +363,16 @@ def setting_table(config, setting, chosen, per_method) -> str:
             "comparison meaningless). Fails: the paper's count, post-shift MSE worse than "
             "eligibility traces' on the same seed; diverged: non-finite loss.\n"
         )
+        fisher = [(label, run) for label, run in chosen.items() if "fisher_spread" in run]
+        if fisher:
+            spread = np.asarray(fisher[0][1]["fisher_spread"])
+            lines.append(
+                "Dense phase: every method above runs full RTRL until the shift (the same network "
+                "and optimizer state at the shift, so the pre-shift columns agree), then keeps k "
+                "paths per row. Fisher F_j = Σ_{t<shift} Σ_g ‖∂L_t/∂Θ[g n + j]‖² per neuron; "
+                f"max_j F_j / min_j F_j per seed: {', '.join(f'{x:.3g}' for x in spread)} "
+                "(paper: up to 1000×).\n"
+            )
         by_shift = [(label, run) for label, run in chosen.items() if "post_by_shift" in run]
         if by_shift:
             lines.append(_by_shift_table(by_shift))

@@ -41,6 +41,22 @@ def test_smoke_preset_writes_finite_results(table, tmp_path):
     assert rows and all(math.isfinite(v) for r in rows for v in r["loss"])
 
 
+def test_fisher_preset_shares_the_dense_phase(tmp_path):
+    """Every method of the Fisher comparison is full RTRL until the shift: the same pre-shift
+    losses and an exact gradient there (cosine 1 to the shadow), then different selections."""
+    config = presets.get_config("fisher_smoke")
+    methods = rtrl_sparse.run(config, tmp_path)["settings"][config.settings[0]["name"]]["methods"]
+    pre = [np.asarray(run["pre"]) for run in methods.values()]
+    for other in pre[1:]:
+        np.testing.assert_allclose(other, pre[0], rtol=1e-6)
+    for label in ("random", "fisher", "anti_fisher"):
+        np.testing.assert_allclose(methods[label]["cos_pre"], 1.0, atol=1e-5)
+        assert all(spread > 1.0 for spread in methods[label]["fisher_spread"])
+    posts = {label: tuple(methods[label]["post"]) for label in ("random", "fisher", "anti_fisher")}
+    assert len(set(posts.values())) == 3, posts
+    assert "max_j F_j / min_j F_j" in (tmp_path / "table.md").read_text()
+
+
 def test_k_at_least_n_keeps_every_path_but_self_in_the_study(tmp_path):
     """In the smoke table3 (n = 8), k = 8, 16, 32 all keep the paper's ring's 7 paths (every
     neighbour, never the self path): one algorithm, identical numbers, close to full RTRL."""

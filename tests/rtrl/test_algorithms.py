@@ -618,3 +618,98 @@ def test_paper_ring_keeps_neighbours_on_both_sides_and_never_itself():
     b = rtrl.sequence_grads(masked, params, xs, ys, jax.random.key(0))
     for name in a:
         np.testing.assert_allclose(a[name], b[name], rtol=1e-12, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------------------------
+# Selection after a dense phase (sparse_rtrl dense_until, the fisher masks)
+
+
+def _step_grads(algo, params, xs, ys, state):
+    """Per-step gradients [T, ...] and the final state, params fixed (no optimizer)."""
+
+    def body(state, inputs):
+        state, out = algo.step(params, state, *inputs)
+        return state, out.grads
+
+    return jax.lax.scan(body, state, (xs, ys))
+
+
+@pytest.mark.parametrize("cell_name", CELLS)
+def test_dense_phase_then_fisher_selection(cell_name):
+    """t < T₀: exactly full RTRL, Fisher F_j = Σ_t Σ_g ‖g_Θ[g n + j]‖² of its gradients; from T₀
+    every row keeps the top-k (fisher) / bottom-k (anti_fisher) neurons of F and the steps equal
+    plain sparse RTRL continued from the dense state with that selection."""
+    n, k, t0 = 6, 2, 5
+    cell = rtrl.cells.get(cell_name, n_in=2, n_hidden=n, n_out=2)
+    params, xs, ys = _problem(cell, 7)
+    full = rtrl.algorithms.get("rtrl", cell)
+
+    @jax.jit
+    def run(params, xs, ys):
+        ref_state, ref = _step_grads(full, params, xs, ys, full.init(None, params))
+        out = {}
+        for mask in ("fisher", "anti_fisher"):
+            algo = rtrl.algorithms.get("sparse_rtrl", cell, k=k, mask=mask, dense_until=t0)
+            init = algo.init(jax.random.key(0), params)
+            head_state, head = _step_grads(algo, params, xs[:t0], ys[:t0], init)
+            # the reference continuation: sparse RTRL with a fixed selection (random's refresh
+            # never changes idx), from the dense state, given the Fisher selection
+            plain = rtrl.algorithms.get("sparse_rtrl", cell, k=k, mask="random")
+            selected = masks.MASKS[mask].scored(head_state.score, cell.n_rows, k)
+            start = head_state._replace(idx=selected, score=jnp.zeros((0,), F64))
+            _, cont = _step_grads(plain, params, xs[t0:], ys[t0:], start)
+            final, whole = _step_grads(algo, params, xs, ys, init)
+            out[mask] = (head_state.score, final.idx, whole, cont)
+        return ref, out
+
+    ref, out = run(params, xs, ys)
+    rows = jnp.concatenate([ref["W_rec"], ref["W_in"], ref["b"][..., None]], axis=-1)  # [T, R, m]
+    fisher = np.asarray((rows[:t0] ** 2).sum(axis=(0, 2)).reshape(-1, n).sum(axis=0))  # [n]
+    assert fisher.max() / fisher.min() > 1.01  # the scores separate neurons (a real ranking)
+    for mask, (score, idx, whole, cont) in out.items():
+        np.testing.assert_allclose(score, fisher, rtol=SAME_RTOL)
+        sign = 1.0 if mask == "fisher" else -1.0
+        chosen = np.sort(np.argsort(-sign * fisher)[:k])
+        np.testing.assert_array_equal(
+            np.sort(np.asarray(idx), axis=1), np.tile(chosen, (cell.n_rows, 1))
+        )
+        head = _seed_slice(whole, slice(0, t0))
+        _assert_rel_close(head, _seed_slice(ref, slice(0, t0)), SAME_RTOL, f"{mask}: dense phase")
+        _assert_rel_close(_seed_slice(whole, slice(t0, None)), cont, SAME_RTOL, f"{mask}: after")
+        after = _rel_errors(_seed_slice(whole, slice(t0, None)), _seed_slice(ref, slice(t0, None)))
+        assert max(after.values()) > 1e-3, (
+            f"{mask}: k={k} of {n} paths should differ from full RTRL"
+        )
+
+
+def test_dense_phase_then_no_path_is_the_immediate_derivative():
+    """k = 0 after a dense phase (M kept whole): from T₀ on the vanilla RNN's gradients are the
+    immediate derivative's, traces(decay=0) on the same parameters."""
+    n, t0 = 5, 4
+    cell = rtrl.cells.get("vanilla", n_in=2, n_hidden=n, n_out=1)
+    params, xs, ys = _problem(cell, 3)
+    algo = rtrl.algorithms.get("sparse_rtrl", cell, k=0, mask="random", dense_until=t0)
+    immediate = rtrl.algorithms.get("traces", cell, decay=0.0)
+    full = rtrl.algorithms.get("rtrl", cell)
+
+    @jax.jit
+    def grads(params):
+        key = jax.random.key(0)
+        return [
+            _step_grads(a, params, xs, ys, a.init(key, params))[1] for a in (algo, immediate, full)
+        ]
+
+    g, g_imm, g_full = grads(params)
+    after, before = slice(t0, None), slice(0, t0)
+    _assert_rel_close(_seed_slice(g, after), _seed_slice(g_imm, after), SAME_RTOL, "after T0")
+    _assert_rel_close(_seed_slice(g, before), _seed_slice(g_full, before), SAME_RTOL, "before T0")
+    diff = _rel_errors(_seed_slice(g, before), _seed_slice(g_imm, before))
+    assert max(diff.values()) > 1e-3  # the dense phase is not the immediate derivative
+
+
+def test_fisher_masks_need_a_dense_phase():
+    cell = rtrl.cells.get("vanilla", n_in=1, n_hidden=6, n_out=1)
+    with pytest.raises(ValueError, match="dense_until"):
+        rtrl.algorithms.get("sparse_rtrl", cell, k=2, mask="fisher")
+    with pytest.raises(ValueError, match="dense_until must be >= 0"):
+        rtrl.algorithms.get("sparse_rtrl", cell, k=2, mask="random", dense_until=-1)
