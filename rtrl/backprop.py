@@ -34,10 +34,11 @@ def tbptt(cell, w, loss="mse"):
     w = int(w)
     if w < 1:
         raise ValueError(f"the truncation window w must be >= 1, got {w}")
+    cells_lib.require(cell, cells_lib.STEPWISE, "tbptt")
     loss_fn = losses.get(loss)
 
     def init(key, params):
-        dtype = params["W_rec"].dtype
+        dtype = cells_lib.param_dtype(params)
         carry = cell.initial_carry(dtype)
         starts = jax.tree.map(lambda leaf: jnp.zeros((w,) + leaf.shape, dtype), carry)
         xs = jnp.zeros((w, cell.n_in), dtype)
@@ -58,11 +59,11 @@ def tbptt(cell, w, loss="mse"):
         def window_loss(p):
             def body(s, inputs):
                 x_j, ok = inputs
-                s_next = cell.core(cells_lib.preactivation(p, cell.hidden(s), x_j), s)
+                s_next = cell.transition(p, s, x_j)
                 return jax.tree.map(lambda a, b: jnp.where(ok, a, b), s_next, s), None
 
             s_t, _ = jax.lax.scan(body, start, (xs, valid))
-            y_t = cells_lib.readout(p, cell.hidden(s_t))
+            y_t = cell.output(p, s_t, x)
             return losses.weighted(loss_fn, y_t, target)[0], (y_t, s_t)
 
         (step_loss, (pred, _)), grads = jax.value_and_grad(window_loss, has_aux=True)(params)
@@ -89,5 +90,5 @@ def sequence_loss(cell, params, xs, ys, loss="mse") -> jax.Array:
         carry, pred = cell.step(params, carry, x)
         return carry, losses.weighted(loss_fn, pred, losses.as_target(y))[0]
 
-    _, per_step = jax.lax.scan(body, cell.initial_carry(params["W_rec"].dtype), (xs, ys))
+    _, per_step = jax.lax.scan(body, cell.initial_carry(cells_lib.param_dtype(params)), (xs, ys))
     return jnp.sum(per_step)

@@ -31,6 +31,7 @@ Eq. 3. The algorithms differ only in P_t, and in how much of M they store:
 from typing import NamedTuple
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 
 from rtrl import cells as cells_lib
@@ -284,8 +285,64 @@ _NEEDS_KERNEL = (
 
 
 def rtrl(cell, loss="mse"):
-    """Full RTRL, M ← J M + M_imm (Williams & Zipser 1989)."""
-    return sensitivity_algorithm(cell, loss, "rtrl", _dense, _dense_adjoint)
+    """Full RTRL, M ← J M + M_imm (Williams & Zipser 1989): on Θ's rows for a factorised cell,
+    otherwise on every parameter of a stepwise cell (`jacobian_rtrl`)."""
+    if cells_lib.FACTORISED in cell.capabilities:
+        return sensitivity_algorithm(cell, loss, "rtrl", _dense, _dense_adjoint)
+    return jacobian_rtrl(cell, loss)
+
+
+class JacobianState(NamedTuple):
+    """State of jacobian_rtrl: the carry and M = ∂s_{t-1}/∂θ, flattened [S, P]."""
+
+    carry: object
+    M: jax.Array  # [S, P], S = size of the carry, P = number of parameters
+
+
+def jacobian_rtrl(cell, loss="mse"):
+    """Full RTRL for any stepwise cell, on the flattened carry s [S] and parameters θ [P]:
+
+        M_t = (∂f/∂s) M_{t-1} + ∂f/∂θ,      f(θ, s) = transition(θ, s, x_t)
+        ∂L_t/∂θ = ∂L_t/∂θ|_{s_t} + (∂L_t/∂s_t) M_t,      L_t = loss(output(θ, s_t, x_t), y_t)
+
+    both Jacobians of f by reverse mode (S vector-Jacobian products, [S, S] and [S, P]). Memory
+    S·P, time O(S²·P) per step: a reference for cells without the factorised form (a
+    parameter that never reaches the carry, e.g. the readout, keeps a zero column of M)."""
+    cells_lib.require(cell, cells_lib.STEPWISE, "rtrl")
+    loss_fn = losses.get(loss)
+
+    def init(key, params):
+        dtype = cells_lib.param_dtype(params)
+        carry = cell.initial_carry(dtype)
+        size = sum(leaf.size for leaf in jax.tree.leaves(carry))
+        n_params = sum(leaf.size for leaf in jax.tree.leaves(params))
+        return JacobianState(carry, jnp.zeros((size, n_params), dtype))
+
+    def step(params, state, x, y):
+        target = losses.as_target(y)
+        check_step_shapes(cell, x, target)
+        theta, unravel = jax.flatten_util.ravel_pytree(params)
+        s_prev, unravel_s = jax.flatten_util.ravel_pytree(state.carry)
+
+        def f(th, s):
+            return jax.flatten_util.ravel_pytree(cell.transition(unravel(th), unravel_s(s), x))[0]
+
+        J_theta, J_s = jax.jacrev(f, argnums=(0, 1))(theta, s_prev)
+        M = J_s @ state.M + J_theta
+        s = f(theta, s_prev)
+
+        def loss_of(th, s):
+            pred = cell.output(unravel(th), unravel_s(s), x)
+            step_loss, _ = losses.weighted(loss_fn, pred, target)
+            return step_loss, pred
+
+        (step_loss, pred), (g_direct, g_s) = jax.value_and_grad(
+            loss_of, argnums=(0, 1), has_aux=True
+        )(theta, s)
+        grads = unravel(g_direct + g_s @ M)
+        return JacobianState(unravel_s(s), M), StepOutput(grads, step_loss, pred)
+
+    return Algorithm("rtrl", init, step)
 
 
 def sparse_rtrl(cell, k, mask="ring", loss="mse", impl=None, native_kernel=None, dense_until=0):

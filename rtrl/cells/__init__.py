@@ -5,6 +5,7 @@
 The shared factorisation and what a cell declares are in `rtrl.cells.base`; one module per cell.
 Initialisation (the papers leave it implicit): W_rec ~ N(0, 1/n), W_in ~ N(0, 1/n_in),
 W_out ~ N(0, 1/n), biases 0 except the LSTM forget-gate bias, which is 1.
+Factorised (every algorithm): vanilla, lstm, ctrnn. Stepwise only (tbptt, bptt, full rtrl): gru.
 """
 
 from rtrl.cells.base import (
@@ -12,6 +13,7 @@ from rtrl.cells.base import (
     FACTORISED,
     READOUT,
     RECURRENT,
+    STEPWISE,
     Carry,
     Cell,
     Params,
@@ -19,16 +21,20 @@ from rtrl.cells.base import (
     carry_leaves,
     core_tangent,
     inputs_vector,
+    param_dtype,
     preactivation,
     readout,
     require,
     split_theta,
+    stepwise_cell,
     theta,
 )
+from rtrl.cells.ctrnn import ctrnn
+from rtrl.cells.gru import gru
 from rtrl.cells.lstm import lstm
 from rtrl.cells.vanilla import vanilla
 
-_REGISTRY = {"vanilla": vanilla, "lstm": lstm}
+_REGISTRY = {"vanilla": vanilla, "lstm": lstm, "ctrnn": ctrnn, "gru": gru}
 NAMES = tuple(_REGISTRY)
 
 
@@ -48,19 +54,24 @@ __all__ = [
     "NAMES",
     "READOUT",
     "RECURRENT",
+    "STEPWISE",
     "Carry",
     "Cell",
     "Params",
     "add_to_hidden",
     "carry_leaves",
     "core_tangent",
+    "ctrnn",
     "get",
+    "gru",
     "inputs_vector",
     "lstm",
+    "param_dtype",
     "preactivation",
     "readout",
     "require",
     "split_theta",
+    "stepwise_cell",
     "theta",
     "vanilla",
 ]

@@ -11,13 +11,20 @@ All mixing between neurons goes through W_rec h_{t-1}, so the Jacobian propagati
 The recurrent parameters are grouped row-wise as Θ = [W_rec | W_in | b] (R × m, m = n + n_in + 1)
 and z_t = Θ v_t with v_t = [h_{t-1}; x_t; 1].
 
+Every cell, factorised or not, is also stepwise: s_t = transition(θ, s_{t-1}, x_t) and
+y_t = output(θ, s_t, x_t) (x_t there for an input-to-output bypass such as S4's D u_t), which is
+all that the reverse-mode algorithms and the generic full RTRL (`rtrl.forward.rtrl` on a cell
+without the factorised form: the sensitivity M = ∂s_t/∂θ of every parameter, from Jacobians of
+`transition`) need.
+
 A cell declares (fields of `Cell`):
     gates        G, rows per neuron (R = G n).
     hidden_leaf  which leaf of the carry (in jax.tree.leaves order) is h; `hidden` selects it.
     row_gain     z [R] -> [R], the size of each row's activation derivative |φ'_r(z_r)|, which
                  scales row r of the one-step Jacobian (the per-step Jacobian mask ranks by it).
     capabilities what algorithms may assume: FACTORISED (the form above) for every forward-mode
-                 and stochastic algorithm; a cell without it serves tbptt / bptt only (`step`).
+                 and stochastic algorithm; STEPWISE (transition / output) for tbptt, bptt and
+                 full rtrl, which is all a cell without the factorised form serves.
 Algorithms call `require(cell, FACTORISED, who)`, which refuses clearly what they cannot do.
 Adding a cell is one module building a `Cell` (see vanilla.py) plus a line in the registry.
 """
@@ -32,8 +39,10 @@ Params = dict[str, jax.Array]
 Carry = Any  # a pytree of [n] leaves, e.g. h (vanilla) or (h, c) (LSTM)
 
 FACTORISED = "factorised"
+STEPWISE = "stepwise"
 CAPABILITIES = {
     FACTORISED: "z = W_rec h + W_in x + b feeding a per-neuron elementwise core, h a carry leaf",
+    STEPWISE: "s_t = transition(θ, s_{t-1}, x_t), y_t = output(θ, s_t, x_t)",
 }
 
 
@@ -51,7 +60,9 @@ class Cell(NamedTuple):
     gates: int = 1  # G
     hidden_leaf: int = 0  # index of h among jax.tree.leaves(carry)
     row_gain: Callable[[jax.Array], jax.Array] | None = None  # z [R] -> |φ'_r(z_r)| [R]
-    capabilities: frozenset = frozenset({FACTORISED})
+    capabilities: frozenset = frozenset({FACTORISED, STEPWISE})
+    transition: Callable | None = None  # (params, s_{t-1}, x_t) -> s_t
+    output: Callable | None = None  # (params, s_t, x_t) -> y_t [n_out]
 
 
 RECURRENT = ("W_rec", "W_in", "b")
@@ -64,8 +75,54 @@ def require(cell: Cell, capability: str, who: str) -> None:
         raise ValueError(
             f"{who} needs a cell with the capability {capability!r} "
             f"({CAPABILITIES[capability]}); cell {cell.name!r} declares "
-            f"{sorted(cell.capabilities)}. Use tbptt or bptt, which need only the cell's step."
+            f"{sorted(cell.capabilities)}."
+            + (
+                " tbptt, bptt and rtrl (full) need only its stepwise form."
+                if capability != STEPWISE and STEPWISE in cell.capabilities
+                else ""
+            )
         )
+
+
+def param_dtype(params: Params):
+    """The floating dtype of a parameter pytree (its first leaf's)."""
+    return jax.tree.leaves(params)[0].dtype
+
+
+def check_input(n_in: int, x) -> None:
+    if x.shape != (n_in,):
+        raise ValueError(
+            f"x_t has shape {x.shape}, the cell expects ({n_in},); cells are unbatched, "
+            "vmap over a batch or seed axis"
+        )
+
+
+def stepwise_cell(
+    name, n_in, n_hidden, n_out, *, init, initial_carry, transition, output, hidden
+) -> Cell:
+    """A cell of the stepwise form only (no factorised core): `hidden(s) -> [n_hidden]` is the
+    state the diagnostics read; n_rows = 0 (there are no Θ rows)."""
+
+    def step(params, carry, x):
+        check_input(n_in, x)
+        carry = transition(params, carry, x)
+        return carry, output(params, carry, x)
+
+    return Cell(
+        name,
+        n_in,
+        n_hidden,
+        n_out,
+        0,
+        init,
+        initial_carry,
+        step,
+        None,
+        hidden,
+        capabilities=frozenset({STEPWISE}),
+        transition=transition,
+        output=output,
+    )
 
 
 def carry_leaves(cell: Cell) -> int:
@@ -114,14 +171,16 @@ def factorised_cell(
     def hidden(carry):
         return jax.tree.leaves(carry)[hidden_leaf]
 
+    def transition(params, carry, x):
+        return core(preactivation(params, hidden(carry), x), carry)
+
+    def output(params, carry, x):
+        return readout(params, hidden(carry))
+
     def step(params, carry, x):
-        if x.shape != (n_in,):
-            raise ValueError(
-                f"x_t has shape {x.shape}, the cell expects ({n_in},); cells are unbatched, "
-                "vmap over a batch or seed axis"
-            )
-        carry = core(preactivation(params, hidden(carry), x), carry)
-        return carry, readout(params, hidden(carry))
+        check_input(n_in, x)
+        carry = transition(params, carry, x)
+        return carry, output(params, carry, x)
 
     return Cell(
         name,
@@ -137,6 +196,8 @@ def factorised_cell(
         gates,
         hidden_leaf,
         row_gain,
+        transition=transition,
+        output=output,
     )
 
 

@@ -543,7 +543,7 @@ def test_registry_rejects_bad_names_and_options():
     with pytest.raises(ValueError, match="w must be"):
         rtrl.algorithms.get("tbptt", cell, w=0)
     with pytest.raises(ValueError, match="unknown cell"):
-        rtrl.cells.get("gru", n_in=1, n_hidden=2, n_out=1)
+        rtrl.cells.get("grus", n_in=1, n_hidden=2, n_out=1)
     for name in rtrl.algorithms.NAMES:
         with pytest.raises(ValueError, match="unknown loss"):
             rtrl.algorithms.get(name, cell, loss="hinge", **REQUIRED.get(name, {}))

@@ -80,9 +80,10 @@ def test_the_kernel_is_chosen_from_declared_structure():
 
 
 def test_a_cell_without_the_factorised_form_is_refused_by_name_of_what_is_missing():
-    cell = cells.get("vanilla", N_IN, N, N_OUT)._replace(name="opaque", capabilities=frozenset())
+    cell = cells.get("vanilla", N_IN, N, N_OUT)._replace(
+        name="opaque", capabilities=frozenset({cells.STEPWISE})
+    )
     for name, options in [
-        ("rtrl", {}),
         ("sparse_rtrl", {"k": 2}),
         ("traces", {}),
         ("snap1", {}),
@@ -91,10 +92,14 @@ def test_a_cell_without_the_factorised_form_is_refused_by_name_of_what_is_missin
     ]:
         with pytest.raises(ValueError, match=r"needs a cell with the capability 'factorised'"):
             rtrl.algorithms.get(name, cell, **options)
-    params, xs, ys = _problem(cell)  # the reverse-mode algorithms need only the cell's step
-    got = rtrl.sequence_grads(rtrl.algorithms.get("tbptt", cell, w=T), params, xs, ys, None)
+    params, xs, ys = _problem(cell)  # reverse mode and full rtrl need only the stepwise form
     want = jax.grad(lambda p: rtrl.sequence_loss(cell, p, xs, ys))(params)
-    np.testing.assert_allclose(got["W_rec"], want["W_rec"], rtol=1e-9)
+    for algo in (rtrl.algorithms.get("tbptt", cell, w=T), rtrl.algorithms.get("rtrl", cell)):
+        got = rtrl.sequence_grads(algo, params, xs, ys, None)
+        np.testing.assert_allclose(got["W_rec"], want["W_rec"], rtol=1e-9)
+    assert isinstance(
+        rtrl.algorithms.get("rtrl", cell).init(None, params), rtrl.forward.JacobianState
+    )
 
 
 def test_masks_are_a_registry():
@@ -105,6 +110,8 @@ def test_masks_are_a_registry():
         "oracle",
         "anti_oracle",
         "dynamic",
+        "fisher",
+        "anti_fisher",
     }
     W = jnp.asarray([[0.1, -3.0, 2.0], [5.0, 0.0, -1.0]])
     np.testing.assert_array_equal(rtrl.masks.initial("oracle", None, W, 1), [[1], [0]])
