@@ -23,6 +23,7 @@ learning rate is stored in the parameters' dtype (float64 runs keep 1e-3 exact).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -81,4 +82,38 @@ def with_learning_rate(opt_state, value):
     return opt_state._replace(hyperparams=hyperparams)
 
 
-__all__ = ["NAMES", "get", "learning_rate", "with_learning_rate"]
+class SwitchState(NamedTuple):
+    count: jax.Array  # [] int32 updates taken
+    first: Any  # the first optimizer's state (frozen from step `at` on)
+    second: Any  # the second's, at its init until step `at`
+
+
+def switch(
+    first: optax.GradientTransformation, second: optax.GradientTransformation, at: int
+) -> optax.GradientTransformation:
+    """`first`'s updates for the first `at` steps, then `second`'s, which starts from its fresh
+    init at step `at` (the immediate-derivative paper's control: train with Adam, switch to SGD /
+    Adam / β2-only at the shift). A frozen model is `switch(tx, get("sgd", 0.0), at)`. Both
+    updates are computed every step (a select, so the step stays one program under vmap)."""
+    at = int(at)
+    if at < 0:
+        raise ValueError(f"the switch step must be >= 0, got {at}")
+
+    def init(params):
+        return SwitchState(jnp.zeros((), jnp.int32), first.init(params), second.init(params))
+
+    def update(grads, state, params=None):
+        before = state.count < at
+        u1, s1 = first.update(grads, state.first, params)
+        u2, s2 = second.update(grads, state.second, params)
+
+        def pick(a, b):
+            return jax.tree.map(lambda x, y: jnp.where(before, x, y), a, b)
+
+        new = SwitchState(state.count + 1, pick(s1, state.first), pick(state.second, s2))
+        return pick(u1, u2), new
+
+    return optax.GradientTransformation(init, update)
+
+
+__all__ = ["NAMES", "SwitchState", "get", "learning_rate", "switch", "with_learning_rate"]

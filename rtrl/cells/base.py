@@ -22,6 +22,10 @@ A cell declares (fields of `Cell`):
     hidden_leaf  which leaf of the carry (in jax.tree.leaves order) is h; `hidden` selects it.
     row_gain     z [R] -> [R], the size of each row's activation derivative |φ'_r(z_r)|, which
                  scales row r of the one-step Jacobian (the per-step Jacobian mask ranks by it).
+    output_params  names of the parameters that act only on y_t (the readout; S4's D; an MLP
+                 head), the "output" group of the recurrent-vs-output gradient-norm ratio.
+    bypass       "" or what carries y_t around the nonlinear state update (the immediate-
+                 derivative paper's Table 3 column: "update gate", "D / output", "MLP output").
     capabilities what algorithms may assume: FACTORISED (the form above) for every forward-mode
                  and stochastic algorithm; STEPWISE (transition / output) for tbptt, bptt and
                  full rtrl, which is all a cell without the factorised form serves.
@@ -63,6 +67,8 @@ class Cell(NamedTuple):
     capabilities: frozenset = frozenset({FACTORISED, STEPWISE})
     transition: Callable | None = None  # (params, s_{t-1}, x_t) -> s_t
     output: Callable | None = None  # (params, s_t, x_t) -> y_t [n_out]
+    output_params: tuple = ("W_out", "b_out")  # the parameters on the output path (no state)
+    bypass: str = ""  # the path from input or state to y_t that skips the nonlinear update
 
 
 RECURRENT = ("W_rec", "W_in", "b")
@@ -98,7 +104,18 @@ def check_input(n_in: int, x) -> None:
 
 
 def stepwise_cell(
-    name, n_in, n_hidden, n_out, *, init, initial_carry, transition, output, hidden
+    name,
+    n_in,
+    n_hidden,
+    n_out,
+    *,
+    init,
+    initial_carry,
+    transition,
+    output,
+    hidden,
+    output_params=("W_out", "b_out"),
+    bypass="",
 ) -> Cell:
     """A cell of the stepwise form only (no factorised core): `hidden(s) -> [n_hidden]` is the
     state the diagnostics read; n_rows = 0 (there are no Θ rows)."""
@@ -122,6 +139,8 @@ def stepwise_cell(
         capabilities=frozenset({STEPWISE}),
         transition=transition,
         output=output,
+        output_params=tuple(output_params),
+        bypass=bypass,
     )
 
 

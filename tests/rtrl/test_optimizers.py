@@ -88,3 +88,30 @@ def test_unknown_names_and_options_fail_clearly():
         optimizers.get("lbfgs")
     with pytest.raises(ValueError, match="optimizer 'sgd' does not take"):
         optimizers.get("sgd", 1.0, b1=0.9)
+
+
+def test_switch_runs_the_first_then_a_fresh_second():
+    """Adam for 3 steps, then SGD (lr 0.1) from its own init; and a frozen model (lr 0)."""
+    grads = [jnp.float64(g) for g in (1.0, -2.0, 0.5, 3.0, -1.0)]
+    adam = optimizers.get("adam", 1e-2)
+    tx = optimizers.switch(adam, optimizers.get("sgd", 0.1), at=3)
+    state, ref_state = tx.init(jnp.float64(0.0)), adam.init(jnp.float64(0.0))
+    got = []
+    for g in grads:
+        update, state = tx.update(g, state, None)
+        got.append(float(update))
+    want = []
+    for g in grads[:3]:
+        update, ref_state = adam.update(g, ref_state, None)
+        want.append(float(update))
+    want += [-0.1 * float(g) for g in grads[3:]]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    frozen = optimizers.switch(adam, optimizers.get("sgd", 0.0), at=2)
+    state = frozen.init(jnp.float64(0.0))
+    updates = []
+    for g in grads:
+        update, state = frozen.update(g, state, None)
+        updates.append(float(update))
+    assert updates[0] != 0.0 and updates[1] != 0.0 and updates[2:] == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="switch step"):
+        optimizers.switch(adam, adam, at=-1)
