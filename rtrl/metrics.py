@@ -166,6 +166,24 @@ def jacobian_spectrum(M, variance: float = 0.95) -> tuple[jax.Array, jax.Array]:
     return rank, condition
 
 
+def spectral_radius(J, squarings: int = 12) -> jax.Array:
+    """ρ(J) = max |λ_i(J)| of a square J [n, n] by Gelfand's formula, ρ = lim ‖J^k‖^{1/k}, with
+    k = 2^squarings and the running product rescaled to unit Frobenius norm after each squaring
+    (log ‖J^k‖ accumulated, so nothing overflows). Matrix products only, so it runs on every
+    backend (jnp.linalg.eigvals is CPU-only). ‖J^k‖_F^{1/k} ≥ ρ and overestimates it by at most
+    (n^{1/2} · κ)^{1/k} for a diagonalisable J with eigenvector condition κ: 0.1% at n = 256
+    and k = 4096 unless κ is huge."""
+    A = jnp.asarray(J)
+    log_norm = jnp.zeros((), A.dtype)  # J^{2^i} = e^{log_norm} A with ‖A‖ = 1 (or A = 0)
+    for i in range(squarings + 1):
+        if i:
+            A, log_norm = A @ A, 2.0 * log_norm
+        norm = jnp.linalg.norm(A)
+        A = A / jnp.where(norm > 0, norm, 1.0)
+        log_norm = log_norm + jnp.log(norm)  # −inf once a power vanishes (nilpotent J): ρ = 0
+    return jnp.exp(log_norm / 2.0**squarings)
+
+
 def row_normalised_condition(M) -> jax.Array:
     """Condition number of M [n, ...] reshaped to [n, P] after scaling each row (neuron) to unit
     norm: how far the rows are from an orthogonal set, with their lengths taken out. This is the

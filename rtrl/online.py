@@ -54,6 +54,7 @@ class StepRecord(NamedTuple):
     shadow_readout_norm: jax.Array  # [2] (‖g_t,W_out^sh‖, ‖g_t,b_out^sh‖)
     readout_difference: jax.Array  # [] ‖g_t,readout − g_t,readout^sh‖, 0 by construction
     cosine_with_readout: jax.Array  # [] cos(g_t, g_t^sh) over every parameter (misleading)
+    grad_norms: dict  # {parameter name: [] ‖g_t,p‖}
 
 
 class Online(NamedTuple):
@@ -124,7 +125,8 @@ def make_online(
             }
         updates, opt_state = optimizer.update(out.grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        record = StepRecord(out.loss, out.prediction, norm, **compared)
+        grad_norms = {name: metrics.tree_norm(g) for name, g in out.grads.items()}
+        record = StepRecord(out.loss, out.prediction, norm, **compared, grad_norms=grad_norms)
         return OnlineState(params, opt_state, algo_state, shadow_state), record
 
     def scan(state, xs, ys):

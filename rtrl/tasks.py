@@ -19,6 +19,8 @@ so these are our choices:
   per observation; start (1, 1, 1) + N(0, 1) noise, then 1000 burn-in steps at ρ = 28.
   Observations (x/20, y/20, (z − 25)/20), fixed constants so the shift stays visible.
   length = 2000; xs[t] = obs_t, ys[t] = obs_{t+1}; "mse".
+- "delayed_sine" (`delayed_sine_stream`): the "sine" signal with target ys[t] = x_{t−50} (recall
+  50 steps back; weight 0 for t < 50); length = 2000, shift_at = 1000; "mse".
 - "multi_sine" (`multi_sine_stream`): as "sine" with 4 regimes of 1000 steps at frequencies
   (0.1, 0.3, 0.05, 0.2); length = 4000, shifts = (1000, 2000, 3000); "mse".
 - "copy" (`copy_stream`): copy task (Hochreiter & Schmidhuber 1997), 1000 episodes of
@@ -123,6 +125,31 @@ def sine_stream(
     _check_shift(length, shift_at)
     series = _regime_sine(key, (freq_before, freq_after), (0, shift_at), length, unit)
     return _next_step_stream(series)
+
+
+def delayed_sine_stream(
+    key: jax.Array,
+    *,
+    length: int = 2000,
+    shift_at: int = 1000,
+    delay: int = 50,
+    freq_before: float = 0.1,
+    freq_after: float = 0.3,
+    unit: str = "rad",
+) -> Stream:
+    """Recall the input `delay` steps back, on `sine_stream`'s signal (the immediate-derivative
+    paper's "Delayed (+50)", our reading: its text keeps only the name).
+
+    xs[t] = x_t, ys[t] = x_{t−delay} ([T, 1] each), weights 0 for t < delay, 1 after.
+    """
+    _check_shift(length, shift_at)
+    if not 0 < delay < length:
+        raise ValueError(f"need 0 < delay < length, got delay {delay}, length {length}")
+    series = _regime_sine(key, (freq_before, freq_after), (0, shift_at), length, unit)[:length]
+    xs = series[:, None]
+    ys = jnp.concatenate([jnp.zeros((delay, 1), xs.dtype), xs[:-delay]])
+    weights = (jnp.arange(length) >= delay).astype(xs.dtype)
+    return Stream(xs=xs, ys=ys, weights=weights)
 
 
 def multi_sine_stream(
@@ -286,6 +313,9 @@ class _Entry(NamedTuple):
 _REGISTRY: dict[str, _Entry] = {
     "sine": _Entry(sine_stream, lambda p: (1, 1, "mse", p["length"], _single_shift(p))),
     "lorenz": _Entry(lorenz_stream, lambda p: (3, 3, "mse", p["length"], _single_shift(p))),
+    "delayed_sine": _Entry(
+        delayed_sine_stream, lambda p: (1, 1, "mse", p["length"], _single_shift(p))
+    ),
     "multi_sine": _Entry(
         multi_sine_stream,
         lambda p: (

@@ -5,7 +5,8 @@
 The shared factorisation and what a cell declares are in `rtrl.cells.base`; one module per cell.
 Initialisation (the papers leave it implicit): W_rec ~ N(0, 1/n), W_in ~ N(0, 1/n_in),
 W_out ~ N(0, 1/n), biases 0 except the LSTM forget-gate bias, which is 1.
-Factorised (every algorithm): vanilla, lstm, ctrnn. Stepwise only (tbptt, bptt, full rtrl): gru.
+Factorised (every algorithm): vanilla, lstm, ctrnn, slstm. Stepwise only (tbptt, bptt, full
+rtrl): gru, block_gru_mlp, rwkv, retnet, s4.
 """
 
 from rtrl.cells.base import (
@@ -29,12 +30,27 @@ from rtrl.cells.base import (
     stepwise_cell,
     theta,
 )
+from rtrl.cells.block_gru_mlp import block_gru_mlp
 from rtrl.cells.ctrnn import ctrnn
 from rtrl.cells.gru import gru
 from rtrl.cells.lstm import lstm
+from rtrl.cells.retnet import retnet
+from rtrl.cells.rwkv import rwkv
+from rtrl.cells.s4 import s4
+from rtrl.cells.slstm import slstm
 from rtrl.cells.vanilla import vanilla
 
-_REGISTRY = {"vanilla": vanilla, "lstm": lstm, "ctrnn": ctrnn, "gru": gru}
+_REGISTRY = {
+    "vanilla": vanilla,
+    "lstm": lstm,
+    "ctrnn": ctrnn,
+    "gru": gru,
+    "block_gru_mlp": block_gru_mlp,
+    "slstm": slstm,
+    "rwkv": rwkv,
+    "retnet": retnet,
+    "s4": s4,
+}
 NAMES = tuple(_REGISTRY)
 
 
@@ -59,6 +75,7 @@ __all__ = [
     "Cell",
     "Params",
     "add_to_hidden",
+    "block_gru_mlp",
     "carry_leaves",
     "core_tangent",
     "ctrnn",
@@ -70,6 +87,10 @@ __all__ = [
     "preactivation",
     "readout",
     "require",
+    "retnet",
+    "rwkv",
+    "s4",
+    "slstm",
     "split_theta",
     "stepwise_cell",
     "theta",

@@ -169,3 +169,20 @@ def test_pre_shift_plateau_and_every_shift_post():
     assert np.asarray(plateau).tolist() == [False, True]
     regimes = np.concatenate([np.full(10, 1.0), np.full(10, 2.0), np.full(10, 3.0)])
     np.testing.assert_allclose(metrics.every_shift_post(regimes, (10, 20), window=4), [2.0, 3.0])
+
+
+def test_spectral_radius_matches_the_eigenvalues():
+    """Gelfand's formula by repeated squaring against numpy's eigenvalues: random non-symmetric
+    matrices (complex eigenvalues), a contraction at the 0.01 scale, a rotation, zero."""
+    rng = np.random.default_rng(0)
+    for n, scale in ((8, 1.0), (64, 0.3), (64, 1e-2), (256, 1.0)):
+        J = scale * rng.normal(size=(n, n)) / np.sqrt(n)
+        want = np.max(np.abs(np.linalg.eigvals(J)))
+        got = float(metrics.spectral_radius(jnp.asarray(J)))
+        assert got == pytest.approx(want, rel=5e-3), (n, scale)
+    rotation = np.array([[0.0, -0.9], [0.9, 0.0]])  # eigenvalues ±0.9i: power iteration cycles
+    assert float(metrics.spectral_radius(jnp.asarray(rotation))) == pytest.approx(0.9, rel=1e-3)
+    assert float(metrics.spectral_radius(jnp.zeros((4, 4)))) == 0.0
+    assert float(metrics.spectral_radius(jnp.asarray(np.diag([0.5, 1e-3])))) == pytest.approx(
+        0.5, rel=1e-3
+    )

@@ -182,7 +182,9 @@ def test_adding_episodes():
 
 
 def test_registry():
-    with pytest.raises(ValueError, match="known tasks: sine, lorenz, multi_sine, copy, adding"):
+    with pytest.raises(
+        ValueError, match="known tasks: sine, lorenz, delayed_sine, multi_sine, copy, adding"
+    ):
         tasks.get("sines")
     with pytest.raises(TypeError, match="shift"):
         tasks.get("sine", shift=3)
@@ -196,4 +198,17 @@ def test_registry():
     assert tasks.get("copy", seq_len=3, n_symbols=4, n_episodes=7).make(
         jax.random.key(0)
     ).xs.shape == (42, 5)
-    assert set(tasks.names()) == {"sine", "lorenz", "multi_sine", "copy", "adding"}
+    assert set(tasks.names()) == {"sine", "lorenz", "delayed_sine", "multi_sine", "copy", "adding"}
+
+
+def test_delayed_sine_recalls_the_input_delay_steps_back():
+    spec = tasks.get("delayed_sine", length=300, shift_at=150, delay=50)
+    stream = spec.make(jax.random.key(0))
+    xs, ys, w = (np.asarray(a) for a in (stream.xs, stream.ys, stream.weights))
+    assert xs.shape == ys.shape == (300, 1) and spec.shifts == (150,) and spec.loss == "mse"
+    np.testing.assert_array_equal(ys[50:], xs[:-50])
+    np.testing.assert_array_equal(w, (np.arange(300) >= 50).astype(w.dtype))
+    sine = np.asarray(tasks.get("sine", length=300, shift_at=150).make(jax.random.key(0)).xs)
+    np.testing.assert_allclose(xs, sine, rtol=0, atol=1e-12)  # the same signal as "sine"
+    with pytest.raises(ValueError, match="delay"):
+        tasks.get("delayed_sine", delay=0).make(jax.random.key(0))

@@ -1,0 +1,260 @@
+"""The online shift study both RTRL studies run: settings of (task, cell, n) × methods.
+
+A preset (experiments/configs/rtrl_sparse.py, rtrl_immediate.py) is a list of settings, each a
+task stream, a cell and its methods. A method is an algorithm of `rtrl.algorithms` with options,
+trained online by an optimizer of `rtrl.optimizers` (the preset's, or the method's own
+"optimizer"), optionally switched at the shift ("switch": {"to", "lr"}: a fresh second optimizer
+from the stream's first shift on; lr 0 freezes the model), optionally over a learning-rate sweep
+("lrs"). Every method of a setting sees the same streams and the same initial parameters per
+seed; each (setting, method, lr) is one `experiments.runner` Run whose lanes are the seeds.
+
+Per-step records (runs/<id>.npz): the online loss; against a passive shadow where the setting
+asks for one (True: full RTRL; or {"algo", "options"}) the cosine and magnitude ratio over Θ;
+with "group_norms" each parameter's gradient norm and the output-path / recurrent-path norms
+(`Cell.output_params`); with "jacobian_stats" the one-step Jacobian J = ∂h_t/∂h_{t−1}'s mean
+|J_ii| (the per-neuron self-propagation factor) and spectral radius (`rtrl.metrics`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import rtrl
+from experiments import runner
+from rtrl import forward, metrics, online, optimizers, tasks
+
+SHADOW = {"algo": "rtrl", "options": {}}  # the default reference: full RTRL
+
+
+def task_spec(setting) -> tasks.TaskSpec:
+    return tasks.get(setting["task"], **setting["task_options"])
+
+
+def seeds_of(config, setting) -> list[int]:
+    return list(setting.get("seeds") or config.seeds)
+
+
+def _resolve(options: dict, spec) -> dict:
+    """Options with "shift" (a step) replaced by the stream's first shift."""
+    return {k: (spec.shifts[0] if v == "shift" else v) for k, v in options.items()}
+
+
+def build_algorithm(setting, method, spec):
+    """The setting's cell and the method's algorithm; an option "shift" is the stream's first
+    shift (so smoke presets, with shorter streams, keep the protocol)."""
+    cell = rtrl.cells.get(setting["cell"], spec.n_in, setting["n_hidden"], spec.n_out)
+    options = _resolve(method["options"], spec)
+    return cell, rtrl.algorithms.get(method["algo"], cell, loss=spec.loss, **options)
+
+
+def build_optimizer(config, method, spec, lr):
+    """The method's optimizer at lr (the preset's unless the method names one), switched at the
+    first shift to a fresh `switch["to"]` at `switch["lr"]` where the method asks for it."""
+    tx = optimizers.get(method.get("optimizer") or config.optimizer, lr)
+    switch = method.get("switch")
+    if switch:
+        if not spec.shifts:
+            raise ValueError(f"{method['label']}: a switch needs a stream with a shift")
+        second = optimizers.get(switch["to"], switch["lr"])
+        tx = optimizers.switch(tx, second, at=spec.shifts[0])
+    return tx
+
+
+def shadow_of(setting, method, cell, spec):
+    """The passive reference algorithm of a method, or None."""
+    shadow = setting.get("shadow")
+    if not shadow:
+        return None
+    shadow = SHADOW if shadow is True else shadow
+    if method["algo"] == shadow["algo"] and method["options"] == shadow.get("options", {}):
+        return None  # never compared with itself
+    options = _resolve(shadow.get("options", {}), spec)
+    return rtrl.algorithms.get(shadow["algo"], cell, loss=spec.loss, **options)
+
+
+def check_config(config) -> None:
+    """Fail before any compute on a preset that names something unknown."""
+    optimizers.get(config.optimizer, config.lr)
+    if config.dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64, got {config.dtype!r}")
+    for setting in config.settings:
+        spec = task_spec(setting)
+        for method in setting["methods"]:
+            cell, _ = build_algorithm(setting, method, spec)
+            build_optimizer(config, method, spec, config.lr)
+            shadow_of(setting, method, cell, spec)
+        labels = [m["label"] for m in setting["methods"]]
+        for role in ("floor", "full"):
+            if setting.get(role) and setting[role] not in labels:
+                raise ValueError(f"{setting['name']}: {role} {setting[role]!r} not in {labels}")
+
+
+def run_specs(config) -> list[dict]:
+    """Every (setting, method, lr) to run, in order, with a stable id."""
+    out = []
+    for si, setting in enumerate(config.settings):
+        for mi, method in enumerate(setting["methods"]):
+            for li, lr in enumerate(method.get("lrs") or [method.get("lr") or config.lr]):
+                out.append({"id": f"s{si}-m{mi}-l{li}", "setting": si, "method": mi, "lr": lr})
+    return out
+
+
+def streams(config, setting):
+    """Per-seed keys [S, 3] (params, stream, algorithm) and the seeds' streams, vmapped."""
+    spec = task_spec(setting)
+    keys = runner.seed_keys(seeds_of(config, setting), 3)
+    data = jax.jit(jax.vmap(spec.make))(keys[:, 1])
+    dtype = jnp.float64 if config.dtype == "float64" else jnp.float32
+    return spec, keys, jax.tree.map(lambda a: a.astype(dtype), data)
+
+
+def _group_norms(cell, grad_norms: dict):
+    """[P + 2]: ‖g_p‖ per parameter (sorted names), then ‖g_output‖ and ‖g_recurrent‖ (the
+    parameters in / not in `cell.output_params`)."""
+    names = sorted(grad_norms)
+    norms = [grad_norms[p] for p in names]
+
+    def combined(group):
+        return jnp.sqrt(sum(grad_norms[p] ** 2 for p in group))
+
+    output = [p for p in names if p in cell.output_params]
+    recurrent = [p for p in names if p not in cell.output_params]
+    return jnp.stack(norms + [combined(output), combined(recurrent)])
+
+
+def _jacobian_stats(cell, params, carry_prev, x):
+    """(mean_i |J_ii|, ρ(J)) of J = ∂h_t/∂h_{t−1} through the whole carry's transition."""
+    h_of = cell.hidden
+
+    def hidden_step(h_prev):
+        flat = jax.tree.leaves(carry_prev)
+        flat[cell.hidden_leaf] = h_prev
+        carry = jax.tree.unflatten(jax.tree.structure(carry_prev), flat)
+        return h_of(cell.transition(params, carry, x))
+
+    J = jax.jacfwd(hidden_step)(h_of(carry_prev))
+    return jnp.mean(jnp.abs(jnp.diagonal(J))), metrics.spectral_radius(J)
+
+
+def make_run(config, work: dict, runner_: runner.Runner, setting_streams, report) -> runner.Run:
+    """setting_streams: `streams(config, setting)` of the work's setting, shared by its runs;
+    report: the study's report module (run_summary, label)."""
+    setting = config.settings[work["setting"]]
+    method = setting["methods"][work["method"]]
+    spec, keys, data = setting_streams
+    cell, algo = build_algorithm(setting, method, spec)
+    shadow = shadow_of(setting, method, cell, spec)
+    learner = online.make_online(algo, build_optimizer(config, method, spec, work["lr"]), shadow)
+    dtype = jnp.float64 if config.dtype == "float64" else jnp.float32
+    probe_state = jax.eval_shape(lambda k: algo.init(k, cell.init(k, dtype)), keys[0, 2])
+    spectrum = bool(setting.get("spectrum_every")) and isinstance(
+        probe_state, forward.SensitivityState | forward.DiagonalState
+    )  # the state holds M, whole [n, R, m] or its diagonal blocks [n, G, m]
+    seeds = seeds_of(config, setting)
+    ys_all = rtrl.Target(data.ys, data.weights)
+    group_norms, jacobian_stats = setting.get("group_norms"), setting.get("jacobian_stats")
+
+    def init():
+        return jax.jit(jax.vmap(lambda k: learner.init(k[2], cell.init(k[0], dtype))))(keys)
+
+    def step(state, batch, args):
+        new, rec = learner.step(state, *batch)
+        out = {"loss": rec.loss, "cosine": rec.cosine, "ratio": rec.magnitude_ratio}
+        if shadow is not None:  # over Θ above; per group, the readout and the inflated cosine
+            out.update(
+                group_cosine=rec.group_cosine,  # [3] W_rec, W_in, b
+                readout_norm=rec.readout_norm,  # [2] W_out, b_out
+                shadow_readout_norm=rec.shadow_readout_norm,  # [2]
+                readout_difference=rec.readout_difference,
+                cosine_with_readout=rec.cosine_with_readout,
+            )
+        if group_norms:
+            out["group_norm"] = _group_norms(cell, rec.grad_norms)
+        if jacobian_stats:
+            carry_prev = state.algo_state.carry
+            out["self_factor"], out["spectral_radius"] = _jacobian_stats(
+                cell, state.params, carry_prev, batch[0]
+            )
+        if spec.loss == "xent":
+            out["prediction"] = rec.prediction
+        return new, out
+
+    def chunk_end(state):
+        M_h = cell.hidden(state.algo_state.M)
+        if isinstance(probe_state, forward.DiagonalState):
+            # rows of disjoint support: orthogonal, so M's singular values are the row norms
+            M_h = jnp.diag(jnp.linalg.norm(M_h.reshape(M_h.shape[0], -1), axis=1))
+        rank, cond = metrics.jacobian_spectrum(M_h)
+        row_cond = metrics.row_normalised_condition(M_h)
+        return {"eff_rank": rank.astype(cond.dtype), "cond": cond, "row_cond": row_cond}
+
+    def batches(first, n):
+        window = slice(first, first + n)
+        return data.xs[:, window], rtrl.Target(ys_all.value[:, window], ys_all.weight[:, window])
+
+    def rows(first, n, values, extra, seconds):
+        row = {"setting": setting["name"], "method": method["label"], "lr": work["lr"]}
+        row.update(step=first + n, seeds=seeds, loss=_clean(values["loss"].mean(axis=1)))
+        if np.isfinite(values["cosine"]).any():  # chunk means per seed, over Θ
+            row["cosine"] = _clean(np.nanmean(values["cosine"], axis=1))
+            row["magnitude_ratio"] = _clean(np.nanmean(values["ratio"], axis=1))
+            if "group_cosine" in values:
+                by_seed = np.nanmean(values["group_cosine"], axis=1)  # [S, 3]
+                row["group_cosine"] = {
+                    p: _clean(by_seed[:, i]) for i, p in enumerate(rtrl.cells.RECURRENT)
+                }
+                row["cosine_with_readout"] = _clean(
+                    np.nanmean(values["cosine_with_readout"], axis=1)
+                )
+                row["readout_difference_max"] = _clean(
+                    np.nanmax(values["readout_difference"], axis=1)
+                )
+        if "self_factor" in values:
+            row["self_factor"] = _clean(np.nanmean(values["self_factor"], axis=1))
+            row["spectral_radius"] = _clean(np.nanmean(values["spectral_radius"], axis=1))
+        return [row]
+
+    def finish(state, records, diverged):
+        records = {**records, "seconds": runner_.busy_s.get(work["id"], 0.0)}
+        score = getattr(state.algo_state, "score", None)
+        if score is not None and score.shape[-1]:  # [S, n] Fisher of a dense phase
+            records["fisher"] = np.asarray(score)
+        if group_norms:
+            names = sorted(jax.eval_shape(lambda: cell.init(jax.random.key(0), dtype)))
+            records["group_names"] = names + ["output path", "recurrent path"]
+        return report.run_summary(config, setting, work, records, data)
+
+    return runner.Run(
+        id=work["id"],
+        label=report.label(config, work),
+        lanes=[{"seed": s} for s in seeds],
+        init=init,
+        step=step,
+        batches=batches,
+        steps=spec.length,
+        chunk=setting.get("spectrum_every") or config.chunk,
+        finish=finish,
+        per_lane_batches=True,
+        chunk_end=chunk_end if spectrum else None,
+        rows=rows,
+        cost=setting["n_hidden"] ** 3,
+    )
+
+
+def _clean(arr) -> list:
+    return [float(x) if np.isfinite(x) else None for x in np.asarray(arr, np.float64)]
+
+
+def study(config, runner_: runner.Runner, report):
+    """Every run of the preset through the runner, then the report's table and summary."""
+    todo = run_specs(config)
+    by_setting = {}  # every method of a setting reads the same streams: generate them once
+    for work in todo:
+        if work["setting"] not in by_setting:
+            by_setting[work["setting"]] = streams(config, config.settings[work["setting"]])
+    runs = [make_run(config, w, runner_, by_setting[w["setting"]], report) for w in todo]
+    runner_.plan(runs)
+    done = {run.id: runner_.run(run) for run in runs}
+    return report.write(config, runner_, todo, done)
