@@ -216,6 +216,8 @@ def write(config, runner_: runner.Runner, todo, done) -> tuple[str, dict]:
         }
         tables.append(setting_table(config, setting, chosen, per_method))
         plot(config, runner_, setting, mine, chosen)
+        if setting.get("recovery_plot"):
+            plot_recovery(config, runner_, setting, chosen)
     return "\n".join(tables), summary
 
 
@@ -308,6 +310,26 @@ def _immediate_sections(setting, chosen) -> list[str]:
             )
         )
     return lines + ([""] if lines else [])
+
+
+def plot_recovery(config, runner_, setting, chosen) -> None:
+    """R per seed against a swept method option (e.g. the trace decay), with the median."""
+    option = setting["recovery_plot"]
+    swept = [m for m in setting["methods"] if option in m["options"] and m["label"] in chosen]
+    if not swept or "R" not in chosen[swept[0]["label"]]:
+        return
+    x = [m["options"][option] for m in swept]
+    values = [100 * np.asarray(chosen[m["label"]]["R"], np.float64) for m in swept]
+    plots.points_plot(
+        runner_.workdir / f"recovery_{runner.slug(setting['name'])}.png",
+        x,
+        values,
+        xlabel=option,
+        ylabel=f"recovery R (%) vs {setting['floor']}, per seed",
+        title=f"{setting['name']}: recovery against the {option}",
+        symlog_x=1e-3,
+        hlines=(0.0, 100.0),
+    )
 
 
 def _fmt(x, digits=4) -> str:
