@@ -30,6 +30,7 @@ bench: install data
 	$(PY) -m experiments.benchmarks.lru_local_grads
 	$(PY) -m experiments.benchmarks.enwik8_depth --memory
 	$(PY) -m experiments.benchmarks.rtrl_speed
+	$(PY) -m experiments.benchmarks.rtrl_cells
 
 lint: install
 	ruff check . && ruff format --check .
