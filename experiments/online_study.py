@@ -24,6 +24,7 @@ import numpy as np
 import rtrl
 from experiments import runner
 from rtrl import forward, metrics, online, optimizers, tasks
+from rtrl.cells import stacked
 
 SHADOW = {"algo": "rtrl", "options": {}}  # the default reference: full RTRL
 
@@ -152,6 +153,9 @@ def make_run(config, work: dict, runner_: runner.Runner, setting_streams, report
     spectrum = bool(setting.get("spectrum_every")) and isinstance(
         probe_state, forward.SensitivityState | forward.DiagonalState
     )  # the state holds M, whole [n, R, m] or its diagonal blocks [n, G, m]
+    layer_spectra = bool(setting.get("layer_spectra")) and isinstance(
+        probe_state, forward.JacobianState
+    )  # full RTRL of a stacked cell: the condition of M's per-layer and cross-layer blocks
     seeds = seeds_of(config, setting)
     ys_all = rtrl.Target(data.ys, data.weights)
     group_norms, jacobian_stats = setting.get("group_norms"), setting.get("jacobian_stats")
@@ -180,6 +184,14 @@ def make_run(config, work: dict, runner_: runner.Runner, setting_streams, report
         if spec.loss == "xent":
             out["prediction"] = rec.prediction
         return new, out
+
+    def layer_chunk_end(state):
+        blocks = stacked.sensitivity_blocks(state.params, state.algo_state.M, cell.n_hidden)
+        out = {}
+        for i, M_block in enumerate(blocks.values()):
+            out[f"block{i}_cond"] = metrics.jacobian_spectrum(M_block)[1]
+            out[f"block{i}_row_cond"] = metrics.row_normalised_condition(M_block)
+        return out
 
     def chunk_end(state):
         M_h = cell.hidden(state.algo_state.M)
@@ -237,7 +249,7 @@ def make_run(config, work: dict, runner_: runner.Runner, setting_streams, report
         chunk=setting.get("spectrum_every") or config.chunk,
         finish=finish,
         per_lane_batches=True,
-        chunk_end=chunk_end if spectrum else None,
+        chunk_end=chunk_end if spectrum else layer_chunk_end if layer_spectra else None,
         rows=rows,
         cost=setting["n_hidden"] ** 3,
     )

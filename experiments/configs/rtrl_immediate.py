@@ -8,8 +8,10 @@ n=256, Adam), traces (why traces fail: the self-propagation factor, the one-step
 spectral radius, the γ=0.95 trace against the immediate derivative, per-group gradient norms),
 table2 (the optimizer ablation with window-1 BPTT on sine and the delayed task, and the switch
 control), zoo (every cell × {Adam, RMSprop, SGD} with the immediate derivative, sine and
-Lorenz), scaling (n=1024 without full RTRL). Every preset has a `_smoke` variant (short streams, n <= 8, 2 seeds); `smoke` alone is
-table1_smoke.
+Lorenz), scaling (n=1024 without full RTRL), two_layer (§7: the condition of full RTRL's
+per-layer and cross-layer sensitivity blocks in a two-layer RNN, and the immediate derivative's
+adaptation there). Every preset has a `_smoke` variant (short streams, n <= 8, 2 seeds);
+`smoke` alone is table1_smoke.
 
 Shared protocol (the paper's settings were lost in its text conversion, so these are ours):
 vanilla tanh RNN unless noted, one update per step, seeds 42, 123, 7, 2024, 31337; Adam and its
@@ -176,6 +178,27 @@ def _scaling():
     return [setting]
 
 
+def _two_layer():
+    """§7's two-layer RNN: the immediate derivative's adaptation (Adam, RMSprop, SGD) and the
+    condition of full RTRL's per-layer and cross-layer sensitivity blocks."""
+    methods = [
+        _m("Adam, immediate", "tbptt", None, "adam", w=1),
+        _m("RMSprop, immediate", "tbptt", None, "rmsprop", w=1),
+        _m("SGD, immediate", "tbptt", None, "sgd", w=1),
+    ]
+    return [
+        _setting(
+            "sine, two layers of n=32",
+            "sine",
+            methods,
+            n=32,
+            cell="vanilla_2layer",
+            layer_spectra=True,
+            note="layer Jacobian conditions 1.7 and 2.5, cross-layer 3773",
+        )
+    ]
+
+
 ZOO = {  # cell: (the paper's Table 3 row: Adam/RMSprop, SGD, gradient ratio, bypass)
     "vanilla": ("adapts", "fails", "~100", "none"),
     "lstm": ("adapts", "59% sine, 8% Lorenz", "31", "none"),
@@ -221,6 +244,7 @@ TABLES = {
     "table2": ("Table 2: optimizer ablation with window-1 BPTT, and the switch control", _table2),
     "zoo": ("Table 3: the cell zoo with the immediate derivative", _zoo),
     "scaling": ("Scaling: the immediate derivative at n=1024", _scaling),
+    "two_layer": ("Two-layer RNN: per-layer and cross-layer sensitivity", _two_layer),
 }
 
 

@@ -11,6 +11,7 @@ from experiments import plots, results, runner
 from rtrl import metrics, tasks
 
 SHIFT_METRICS = ("shift", "first_shift", "every_shift")
+LAYER_BLOCKS = ("layer 1 ∂h¹/∂θ¹", "layer 2 ∂h²/∂θ²", "cross-layer ∂h²/∂θ¹")
 
 
 def task_spec(setting) -> tasks.TaskSpec:
@@ -99,6 +100,14 @@ def run_summary(config, setting, work, store, data) -> dict:
         out["post"] = (np.sum(loss[:, -steps:] * w, axis=1) / np.sum(w, axis=1)).tolist()
     if "group_norm" in store:  # [S, T, P + 2] per-parameter, output-path, recurrent-path norms
         out.update(_norm_summary(setting, store, config.window))
+    if "chunk/block0_cond" in store:  # per-layer and cross-layer blocks of a stacked M
+        out["layer_block_names"] = list(LAYER_BLOCKS)
+        out["layer_cond"] = [
+            np.nanmedian(store[f"chunk/block{i}_cond"], axis=1).tolist() for i in range(3)
+        ]
+        out["layer_row_cond"] = [
+            np.nanmedian(store[f"chunk/block{i}_row_cond"], axis=1).tolist() for i in range(3)
+        ]
     if "self_factor" in store:  # [S, T]
         out.update(_jacobian_summary(setting, store, config.window))
     if setting.get("trace_probe_step") and np.isfinite(store["cosine"]).any():
@@ -295,6 +304,21 @@ def _immediate_sections(setting, chosen) -> list[str]:
         ]
         headers = ["method", "mean |J_ii| pre", "mean |J_ii| post", "ρ(J) pre", "ρ(J) post"]
         lines.append(results.markdown_table(headers, rows))
+    layered = [(label, run) for label, run in chosen.items() if "layer_cond" in run]
+    if layered:
+        lines.append(
+            "\nCondition number of full RTRL's M blocks (median over the chunks, then the mean "
+            "over seeds; raw / rows normalised); paper: layers 1.7 and 2.5, cross-layer 3773:\n"
+        )
+        rows = [
+            [label]
+            + [
+                f"{_mean_sd(raw)} / {_mean_sd(row)}"
+                for raw, row in zip(run["layer_cond"], run["layer_row_cond"], strict=True)
+            ]
+            for label, run in layered
+        ]
+        lines.append(results.markdown_table(["method", *LAYER_BLOCKS], rows))
     probed = [(label, run) for label, run in chosen.items() if "probe_cosine" in run]
     if probed:
         t = setting["trace_probe_step"]

@@ -6,7 +6,7 @@ The shared factorisation and what a cell declares are in `rtrl.cells.base`; one 
 Initialisation (the papers leave it implicit): W_rec ~ N(0, 1/n), W_in ~ N(0, 1/n_in),
 W_out ~ N(0, 1/n), biases 0 except the LSTM forget-gate bias, which is 1.
 Factorised (every algorithm): vanilla, lstm, ctrnn, slstm. Stepwise only (tbptt, bptt, full
-rtrl): gru, block_gru_mlp, rwkv, retnet, s4.
+rtrl): gru, block_gru_mlp, rwkv, retnet, s4, vanilla_2layer (two stacked vanilla layers).
 """
 
 from rtrl.cells.base import (
@@ -38,6 +38,7 @@ from rtrl.cells.retnet import retnet
 from rtrl.cells.rwkv import rwkv
 from rtrl.cells.s4 import s4
 from rtrl.cells.slstm import slstm
+from rtrl.cells.stacked import vanilla_2layer
 from rtrl.cells.vanilla import vanilla
 
 _REGISTRY = {
@@ -50,6 +51,7 @@ _REGISTRY = {
     "rwkv": rwkv,
     "retnet": retnet,
     "s4": s4,
+    "vanilla_2layer": vanilla_2layer,
 }
 NAMES = tuple(_REGISTRY)
 
@@ -95,4 +97,5 @@ __all__ = [
     "stepwise_cell",
     "theta",
     "vanilla",
+    "vanilla_2layer",
 ]

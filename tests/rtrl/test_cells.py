@@ -172,3 +172,37 @@ def test_stepwise_only_cells_are_refused_where_the_factorised_form_is_needed():
     opaque = cell._replace(name="opaque", capabilities=frozenset())
     with pytest.raises(ValueError, match="capability 'stepwise'"):
         rtrl.algorithms.get("rtrl", opaque)
+
+
+def test_two_layer_sensitivity_blocks_are_the_jacobians_of_the_unrolled_state():
+    """After T steps, full RTRL's M blocks equal jax.jacfwd of (h¹_T, h²_T) with respect to each
+    layer's parameters: ∂h¹/∂θ¹, ∂h²/∂θ², and the cross-layer ∂h²/∂θ¹ (∂h¹/∂θ² = 0)."""
+    from rtrl.cells import stacked
+
+    n = 3
+    cell = cells.get("vanilla_2layer", 2, n, 1)
+    params, xs, ys = _problem(cell, 5, length=6)
+    algo = rtrl.forward.jacobian_rtrl(cell)
+    state = algo.init(None, params)
+    for x, y in zip(xs, ys, strict=True):
+        state, _ = algo.step(params, state, x, y)
+    blocks = stacked.sensitivity_blocks(params, state.M, n)
+
+    def final(p):
+        carry = cell.initial_carry(F64)
+        for x in xs:
+            carry = cell.transition(p, carry, x)
+        return carry
+
+    jac = jax.jacfwd(final)(params)  # (dh¹, dh²), each {name: [n, *shape]}
+
+    def block(layer_out, layer):
+        return np.concatenate([np.asarray(jac[layer_out][p]).reshape(n, -1) for p in layer], 1)
+
+    one, two = stacked.LAYERS
+    np.testing.assert_allclose(blocks["layer 1"], block(0, one), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(blocks["layer 2"], block(1, two), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(
+        blocks["cross-layer (∂h²/∂θ¹)"], block(1, one), rtol=1e-12, atol=1e-14
+    )
+    assert np.abs(block(0, two)).max() == 0.0
