@@ -23,6 +23,7 @@ import numpy as np
 
 import rtrl
 from experiments import runner
+from experiments.data import streams as streams_lib
 from rtrl import forward, metrics, online, optimizers, tasks
 from rtrl.cells import stacked
 
@@ -30,6 +31,10 @@ SHADOW = {"algo": "rtrl", "options": {}}  # the default reference: full RTRL
 
 
 def task_spec(setting) -> tasks.TaskSpec:
+    """The setting's stream: a synthetic `rtrl.tasks` task, or a file-backed one of
+    `experiments.data.streams` (e.g. "text_shift")."""
+    if setting["task"] in streams_lib.TASKS:
+        return streams_lib.TASKS[setting["task"]](**setting["task_options"])
     return tasks.get(setting["task"], **setting["task_options"])
 
 
@@ -181,7 +186,7 @@ def make_run(config, work: dict, runner_: runner.Runner, setting_streams, report
             out["self_factor"], out["spectral_radius"] = _jacobian_stats(
                 cell, state.params, carry_prev, batch[0]
             )
-        if spec.loss == "xent":
+        if setting["metric"] == "copy":  # scored from the predictions
             out["prediction"] = rec.prediction
         return new, out
 

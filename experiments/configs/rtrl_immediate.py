@@ -10,8 +10,9 @@ table2 (the optimizer ablation with window-1 BPTT on sine and the delayed task, 
 control), zoo (every cell × {Adam, RMSprop, SGD} with the immediate derivative, sine and
 Lorenz), scaling (n=1024 without full RTRL), two_layer (§7: the condition of full RTRL's
 per-layer and cross-layer sensitivity blocks in a two-layer RNN, and the immediate derivative's
-adaptation there). Every preset has a `_smoke` variant (short streams, n <= 8, 2 seeds);
-`smoke` alone is table1_smoke.
+adaptation there), char (the character-level shift from English to Python source, cross-entropy
+of decay 0 against truncated BPTT). Every preset has a `_smoke` variant (short streams, n <= 8,
+2 seeds); `smoke` alone is table1_smoke.
 
 Shared protocol (the paper's settings were lost in its text conversion, so these are ours):
 vanilla tanh RNN unless noted, one update per step, seeds 42, 123, 7, 2024, 31337; Adam and its
@@ -199,6 +200,23 @@ def _two_layer():
     ]
 
 
+def _char():
+    """§3's character-level domain shift: English (GCIDE, our stand-in for Shakespeare), then
+    Python source, a vanilla RNN of n=128 on 97 symbols; decay 0 against truncated BPTT (w=50)
+    and decay 0.95, all with Adam; R against the immediate derivative frozen at the shift, with
+    truncated BPTT as 100%."""
+    bptt = "truncated BPTT (w=50)"
+    methods = [
+        _m("Adam, decay 0", "traces", "2.716", decay=0.0),
+        _m(bptt, "tbptt", "2.718 (BPTT)", w=50),
+        _m("Adam, decay 0.95", "traces", None, decay=0.95),
+        _m("decay 0, frozen at the shift", "traces", decay=0.0, switch={"to": "sgd", "lr": 0.0}),
+    ]
+    setting = _setting("English → Python, n=128", "text_shift", methods, n=128, references=False)
+    setting.update(floor="decay 0, frozen at the shift", full=bptt)
+    return [setting]
+
+
 ZOO = {  # cell: (the paper's Table 3 row: Adam/RMSprop, SGD, gradient ratio, bypass)
     "vanilla": ("adapts", "fails", "~100", "none"),
     "lstm": ("adapts", "59% sine, 8% Lorenz", "31", "none"),
@@ -245,6 +263,7 @@ TABLES = {
     "zoo": ("Table 3: the cell zoo with the immediate derivative", _zoo),
     "scaling": ("Scaling: the immediate derivative at n=1024", _scaling),
     "two_layer": ("Two-layer RNN: per-layer and cross-layer sensitivity", _two_layer),
+    "char": ("Character-level domain shift: English (GCIDE stand-in) → Python", _char),
 }
 
 

@@ -7,7 +7,8 @@ import warnings
 
 import numpy as np
 
-from experiments import plots, results, runner
+from experiments import online_study, plots, results, runner
+from experiments.data import streams as streams_lib
 from rtrl import metrics, tasks
 
 SHIFT_METRICS = ("shift", "first_shift", "every_shift")
@@ -15,7 +16,7 @@ LAYER_BLOCKS = ("layer 1 ∂h¹/∂θ¹", "layer 2 ∂h²/∂θ²", "cross-layer
 
 
 def task_spec(setting) -> tasks.TaskSpec:
-    return tasks.get(setting["task"], **setting["task_options"])
+    return online_study.task_spec(setting)
 
 
 def seeds_of(config, setting) -> list[int]:
@@ -41,10 +42,12 @@ def _optimizer_note(config) -> str:
 
 def data_note(config) -> str:
     return (
-        "Synthetic streams generated from each seed (rtrl/tasks.py); vanilla tanh RNN unless "
+        "Streams generated from each seed (rtrl/tasks.py; a file-backed stream names its data "
+        "under its setting); vanilla tanh RNN unless "
         f"noted; {_optimizer_note(config)}, one update per step; "
         f"seeds {list(config.seeds)} unless "
-        f"noted. Pre-shift MSE: mean online loss over the {config.window} steps before the "
+        "noted. Pre-shift loss (MSE or cross-entropy): mean online loss over the "
+        f"{config.window} steps before the "
         f"shift; post-shift: over the last {config.window} steps (multi-regime: before the "
         "second shift). R = (log L_floor − log L_k)/(log L_floor − log L_full), per seed."
     )
@@ -461,11 +464,14 @@ def setting_table(config, setting, chosen, per_method) -> str:
         f"## {setting['name']} ({setting['cell']}, n={setting['n_hidden']}, "
         f"{len(seeds_of(config, setting))} seeds)\n"
     ]
+    if streams_lib.describe(setting["task"]):
+        lines.append(streams_lib.describe(setting["task"]) + "\n")
     if metric in SHIFT_METRICS:
+        what = "MSE" if task_spec(setting).loss == "mse" else "cross-entropy (nats)"
         headers = [
             "method",
-            "pre-shift MSE",
-            "post-shift MSE",
+            f"pre-shift {what}",
+            f"post-shift {what}",
             "CV(post)",
             f"R vs {setting.get('floor')}: geo-mean [per-seed median]",
             f"R vs {setting.get('traces_floor')}: geo-mean [median]",
