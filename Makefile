@@ -5,7 +5,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: install data run alignment test bench lint
 
 install:
-	$(PY) -m pip install -q -e ".[test,dev]"
+	$(PY) -m pip install -q -e ".[test,dev,streaming]"
 
 data:
 	@if [ ! -f /usr/share/dictd/gcide.dict.dz ] || [ ! -d /usr/share/datasets/fashion-mnist ] \

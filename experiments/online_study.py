@@ -17,12 +17,14 @@ with "group_norms" each parameter's gradient norm and the output-path / recurren
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import rtrl
-from experiments import runner
+from experiments import results, runner
 from experiments.data import streams as streams_lib
 from rtrl import forward, metrics, online, optimizers, tasks
 from rtrl.cells import stacked
@@ -111,7 +113,12 @@ def streams(config, setting):
     """Per-seed keys [S, 3] (params, stream, algorithm) and the seeds' streams, vmapped."""
     spec = task_spec(setting)
     keys = runner.seed_keys(seeds_of(config, setting), 3)
-    data = jax.jit(jax.vmap(spec.make))(keys[:, 1])
+    if setting["task"] in streams_lib.SEEDED:  # River's generators, seeded by the seed labels
+        data = streams_lib.river_streams(
+            setting["task"], seeds_of(config, setting), **setting["task_options"]
+        )
+    else:
+        data = jax.jit(jax.vmap(spec.make))(keys[:, 1])
     dtype = jnp.float64 if config.dtype == "float64" else jnp.float32
     return spec, keys, jax.tree.map(lambda a: a.astype(dtype), data)
 
@@ -188,6 +195,10 @@ def make_run(config, work: dict, runner_: runner.Runner, setting_streams, report
             )
         if setting["metric"] == "copy":  # scored from the predictions
             out["prediction"] = rec.prediction
+        if setting["metric"] == "progressive":  # test-then-train accuracy, step by step
+            out["correct"] = (jnp.argmax(rec.prediction) == jnp.argmax(batch[1].value)).astype(
+                rec.loss.dtype
+            )
         return new, out
 
     def layer_chunk_end(state):
@@ -274,4 +285,26 @@ def study(config, runner_: runner.Runner, report):
     runs = [make_run(config, w, runner_, by_setting[w["setting"]], report) for w in todo]
     runner_.plan(runs)
     done = {run.id: runner_.run(run) for run in runs}
-    return report.write(config, runner_, todo, done)
+    baselines = {}
+    for si, setting in enumerate(config.settings):
+        if setting.get("river_baselines"):
+            baselines[si] = river_baselines(config, setting, runner_)
+    return report.write(config, runner_, todo, done, baselines)
+
+
+def river_baselines(config, setting, runner_: runner.Runner) -> dict:
+    """River's models on the setting's streams, computed once and kept in the workdir
+    (river_<setting>.json; ARF takes ~20 CPU-minutes per 200K-sample stream)."""
+    path = runner_.workdir / f"river_{runner.slug(setting['name'])}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    print(f"[{setting['name']}] River baselines {setting['river_baselines']} ...", flush=True)
+    out = streams_lib.river_baselines(
+        setting["task"],
+        seeds_of(config, setting),
+        setting["river_baselines"],
+        **setting["task_options"],
+    )
+    if runner_.writer:
+        results.write_json(path, out)
+    return out

@@ -11,8 +11,9 @@ control), zoo (every cell × {Adam, RMSprop, SGD} with the immediate derivative,
 Lorenz), scaling (n=1024 without full RTRL), two_layer (§7: the condition of full RTRL's
 per-layer and cross-layer sensitivity blocks in a two-layer RNN, and the immediate derivative's
 adaptation there), char (the character-level shift from English to Python source, cross-entropy
-of decay 0 against truncated BPTT). Every preset has a `_smoke` variant (short streams, n <= 8,
-2 seeds); `smoke` alone is table1_smoke.
+of decay 0 against truncated BPTT), streaming (River's Hyperplane and RandomRBF: the online RNN
+against ARF and online logistic regression). Every preset has a `_smoke` variant (short streams,
+n <= 8, 2 seeds); `smoke` alone is table1_smoke.
 
 Shared protocol (the paper's settings were lost in its text conversion, so these are ours):
 vanilla tanh RNN unless noted, one update per step, seeds 42, 123, 7, 2024, 31337; Adam and its
@@ -217,6 +218,29 @@ def _char():
     return [setting]
 
 
+def _streaming():
+    """§6's streaming comparison: River's Hyperplane (gradual drift) and RandomRBF with moving
+    centroids, progressive accuracy of an online RNN (decay 0 + Adam, n=64, one sample per step)
+    against River's Adaptive Random Forest and a plain online logistic regression on the same
+    streams (data.streams' generator settings)."""
+    settings = []
+    for task, name, rnn, paper in (
+        ("hyperplane", "Hyperplane (200K, 10 features, gradual drift)", "0.925", {"arf": "0.842"}),
+        ("random_rbf", "RandomRBF with drift (200K, 10 features)", "below ARF", {"arf": "wins"}),
+    ):
+        methods = [_m("RNN, decay 0 + Adam", "traces", rnn, decay=0.0)]
+        setting = _setting(name, task, methods, references=False, group_norms=False)
+        setting.update(
+            metric="progressive",
+            floor=None,
+            full=None,
+            river_baselines=["arf", "logistic"],
+            river_paper={**paper, "logistic": "(not in the paper)"},
+        )
+        settings.append(setting)
+    return settings
+
+
 ZOO = {  # cell: (the paper's Table 3 row: Adam/RMSprop, SGD, gradient ratio, bypass)
     "vanilla": ("adapts", "fails", "~100", "none"),
     "lstm": ("adapts", "59% sine, 8% Lorenz", "31", "none"),
@@ -264,6 +288,7 @@ TABLES = {
     "scaling": ("Scaling: the immediate derivative at n=1024", _scaling),
     "two_layer": ("Two-layer RNN: per-layer and cross-layer sensitivity", _two_layer),
     "char": ("Character-level domain shift: English (GCIDE stand-in) → Python", _char),
+    "streaming": ("Streaming against River: Hyperplane and RandomRBF", _streaming),
 }
 
 
@@ -279,7 +304,9 @@ def _smoke(settings):
         n = min(s["n_hidden"], 8)
         s.update(n_hidden=n, name=f"{s['name']} [smoke: n={n}]", seeds=[0, 1])
         s["methods"] = [{**m, "lrs": m["lrs"][:2]} if "lrs" in m else m for m in s["methods"]]
-        opts = dict(s["task_options"], length=120, shift_at=60)
+        opts = dict(s["task_options"], length=120)
+        if s["metric"] != "progressive":
+            opts["shift_at"] = 60
         if s["task"] == "delayed_sine":
             opts["delay"] = 10
         s["task_options"] = opts

@@ -95,3 +95,105 @@ def describe(name: str) -> str:
             f"({sysconfig.get_paths()['stdlib']}/*.py); {VOCAB} symbols."
         )
     return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# River's synthetic classification streams (the optional extra `credit[streaming]`)
+
+RIVER_HINT = "install River with `pip install -e '.[streaming]'` (or `make install`)"
+
+
+def _river():
+    try:
+        import river  # noqa: F401
+        from river.datasets import synth
+    except ImportError as err:  # an optional dependency: say how to get it
+        raise ValueError(f"this stream needs River ({err}); {RIVER_HINT}") from None
+    return synth
+
+
+def river_generator(name: str, seed: int, options: dict):
+    """River's generator for a seed. hyperplane: `synth.Hyperplane(seed, n_features,
+    n_drift_features, mag_change, noise_percentage, sigma)`; random_rbf: `synth.RandomRBFDrift(
+    seed_model=seed, seed_sample=seed + 1, n_classes, n_features, n_centroids, change_speed,
+    n_drift_centroids)`."""
+    synth = _river()
+    options = {k: v for k, v in options.items() if k != "length"}
+    if name == "hyperplane":
+        return synth.Hyperplane(seed=seed, **options)
+    return synth.RandomRBFDrift(seed_model=seed, seed_sample=seed + 1, **options)
+
+
+HYPERPLANE = {  # Gomes et al. 2017's HYPER stream where it states values, River's defaults else
+    "n_features": 10,
+    "n_drift_features": 2,  # River's default (the ARF paper does not list it)
+    "mag_change": 0.001,  # the ARF paper's HYPER: t = 0.001 (River's default 0 means no drift)
+    "noise_percentage": 0.05,  # the ARF paper: 5% noise
+    "sigma": 0.1,  # River's default
+}
+RANDOM_RBF = {  # the case where trees should win: moving centroids (ours, documented)
+    "n_classes": 2,
+    "n_features": 10,
+    "n_centroids": 50,
+    "change_speed": 0.001,
+    "n_drift_centroids": 50,
+}
+
+
+def river_streams(name: str, seeds, *, length: int = 200_000, **options) -> tasks.Stream:
+    """The seeds' River streams stacked: xs [S, T, n_features] (features in key order),
+    ys [S, T, n_classes] one-hot labels (the label of sample t is scored at step t), weights 1."""
+    defaults = HYPERPLANE if name == "hyperplane" else RANDOM_RBF
+    options = {**defaults, **options}
+    n_classes = options.get("n_classes", 2)
+    xs, ys = [], []
+    for seed in seeds:
+        rows = list(river_generator(name, int(seed), options).take(length))
+        xs.append(np.asarray([[x[k] for k in sorted(x)] for x, _ in rows], np.float32))
+        ys.append(np.eye(n_classes, dtype=np.float32)[[int(y) for _, y in rows]])
+    xs, ys = np.stack(xs), np.stack(ys)
+    return tasks.Stream(jnp.asarray(xs), jnp.asarray(ys), jnp.ones(ys.shape[:2], jnp.float32))
+
+
+def river_spec(name: str, *, length: int = 200_000, **options) -> tasks.TaskSpec:
+    defaults = HYPERPLANE if name == "hyperplane" else RANDOM_RBF
+    options = {**defaults, **options}
+
+    def make(key):
+        raise ValueError(f"{name} streams come from River seeds: use river_streams(seeds)")
+
+    n_out = options.get("n_classes", 2)
+    return tasks.TaskSpec(name, options["n_features"], n_out, "xent", length, (), make)
+
+
+def river_baselines(name: str, seeds, models, *, length: int = 200_000, **options) -> dict:
+    """{model: [progressive (test-then-train) accuracy per seed]} of River models on the same
+    streams: "arf" = `forest.ARFClassifier(seed=seed)` (River's defaults: 10 trees, ADWIN drift
+    detection), "logistic" = `linear_model.LogisticRegression()` (plain online SGD, lr 0.01)
+    on features standardised online (`preprocessing.StandardScaler`), as River's docs pipe it."""
+    _river()
+    from river import forest, linear_model, metrics, preprocessing
+
+    defaults = HYPERPLANE if name == "hyperplane" else RANDOM_RBF
+    options = {**defaults, **options}
+    out = {}
+    for model_name in models:
+        accuracies = []
+        for seed in seeds:
+            if model_name == "arf":
+                model = forest.ARFClassifier(seed=int(seed))
+            elif model_name == "logistic":
+                model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+            else:
+                raise ValueError(f"unknown River baseline {model_name!r}; use 'arf' or 'logistic'")
+            accuracy = metrics.Accuracy()
+            for x, y in river_generator(name, int(seed), options).take(length):
+                accuracy.update(y, model.predict_one(x))
+                model.learn_one(x, y)
+            accuracies.append(float(accuracy.get()))
+        out[model_name] = accuracies
+    return out
+
+
+SEEDED = {"hyperplane": "hyperplane", "random_rbf": "random_rbf"}  # task -> River generator
+TASKS.update({name: functools.partial(river_spec, name) for name in SEEDED})

@@ -97,6 +97,8 @@ def run_summary(config, setting, work, store, data) -> dict:
             store["prediction"], np.asarray(data.ys), np.asarray(data.weights), steps
         )
         out["post"] = np.asarray(acc).tolist()
+    elif setting["metric"] == "progressive":  # test-then-train accuracy over the whole stream
+        out["post"] = np.mean(np.asarray(store["correct"], np.float64), axis=1).tolist()
     else:  # adding
         steps = setting["task_options"].get("episode_len", 50) * config.adding_eval_episodes
         w = np.asarray(data.weights)[:, -steps:]
@@ -128,8 +130,9 @@ def run_summary(config, setting, work, store, data) -> dict:
 def _norm_summary(setting, store, window) -> dict:
     """Medians over the post-shift window (adaptation) per seed: each parameter's gradient norm,
     and the output-path over recurrent-path norm ratio (per step, then the median)."""
-    shift = task_spec(setting).shifts[0]
-    norms = np.asarray(store["group_norm"], np.float64)[:, shift : shift + window]  # [S, W, G]
+    shifts = task_spec(setting).shifts  # no shift (a drifting stream): the whole stream
+    window = slice(shifts[0], shifts[0] + window) if shifts else slice(None)
+    norms = np.asarray(store["group_norm"], np.float64)[:, window]  # [S, W, G]
     with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a diverged seed: all-nan medians
         ratio = norms[..., -2] / norms[..., -1]
@@ -211,8 +214,10 @@ def add_recovery(setting, chosen) -> None:
                 run[name], run[name + "_gm"] = per_seed.tolist(), geo
 
 
-def write(config, runner_: runner.Runner, todo, done) -> tuple[str, dict]:
-    """(table.md text, summary) of the finished runs; draws one plot per setting."""
+def write(config, runner_: runner.Runner, todo, done, baselines=None) -> tuple[str, dict]:
+    """(table.md text, summary) of the finished runs; draws one plot per setting. baselines:
+    {setting index: {River model: [accuracy per seed]}} for the streaming settings."""
+    baselines = baselines or {}
     summary = {"preset": config.preset, "title": config.title, "settings": {}}
     tables = [f"# {config.title}\n", data_note(config), ""]
     for si, setting in enumerate(config.settings):
@@ -229,7 +234,9 @@ def write(config, runner_: runner.Runner, todo, done) -> tuple[str, dict]:
             "methods": chosen,
             "lr_sweep": {k: v for k, v in per_method.items() if len(v) > 1},
         }
-        tables.append(setting_table(config, setting, chosen, per_method))
+        if si in baselines:
+            summary["settings"][setting["name"]]["river"] = baselines[si]
+        tables.append(setting_table(config, setting, chosen, per_method, baselines.get(si)))
         plot(config, runner_, setting, mine, chosen)
         if setting.get("recovery_plot"):
             plot_recovery(config, runner_, setting, chosen)
@@ -458,7 +465,7 @@ def _group_table(groups) -> str:
     )
 
 
-def setting_table(config, setting, chosen, per_method) -> str:
+def setting_table(config, setting, chosen, per_method, river=None) -> str:
     metric = setting["metric"]
     lines = [
         f"## {setting['name']} ({setting['cell']}, n={setting['n_hidden']}, "
@@ -611,7 +618,10 @@ def setting_table(config, setting, chosen, per_method) -> str:
                 )
             lines.append(results.markdown_table(["seed"] + labels, rows))
     else:
-        what = "accuracy (last episodes)" if metric == "copy" else "MSE at the scored steps"
+        what = {
+            "copy": "accuracy (last episodes)",
+            "progressive": "progressive accuracy (test-then-train, whole stream)",
+        }.get(metric, "MSE at the scored steps")
         headers = ["method", what, "diverged", "paper"]
         rows = [
             [
@@ -622,7 +632,12 @@ def setting_table(config, setting, chosen, per_method) -> str:
             ]
             for label, run in chosen.items()
         ]
-        trivial = "chance 0.125" if metric == "copy" else "predict-the-mean 0.167"
-        rows.append(["trivial baseline", trivial, "", trivial.split()[-1]])
+        if metric == "progressive":
+            papers = setting.get("river_paper", {})
+            for model, accuracies in (river or {}).items():
+                rows.append([f"River {model}", _mean_sd(accuracies), "", papers.get(model, "")])
+        else:
+            trivial = "chance 0.125" if metric == "copy" else "predict-the-mean 0.167"
+            rows.append(["trivial baseline", trivial, "", trivial.split()[-1]])
         lines.append(results.markdown_table(headers, rows))
     return "\n".join(lines)
