@@ -12,7 +12,8 @@ Lorenz), scaling (n=1024 without full RTRL), two_layer (§7: the condition of fu
 per-layer and cross-layer sensitivity blocks in a two-layer RNN, and the immediate derivative's
 adaptation there), char (the character-level shift from English to Python source, cross-entropy
 of decay 0 against truncated BPTT), streaming (River's Hyperplane and RandomRBF: the online RNN
-against ARF and online logistic regression). Every preset has a `_smoke` variant (short streams,
+against ARF and online logistic regression), table4 (the domain summary's synthetic rows: decay 0
+with Adam and RMSprop, sparse RTRL k=4, full RTRL). Every preset has a `_smoke` variant (short streams,
 n <= 8, 2 seeds); `smoke` alone is table1_smoke.
 
 Shared protocol (the paper's settings were lost in its text conversion, so these are ours):
@@ -218,6 +219,28 @@ def _char():
     return [setting]
 
 
+def _table4():
+    """The domain summary's synthetic rows: the immediate derivative with Adam and RMSprop,
+    sparse RTRL (k=4, the paper's ring) with Adam, full RTRL; R against the frozen model. The
+    language row is the char preset's, the n = 1024 row the scaling preset's (BCI: no data)."""
+    paper = {
+        "sine n=64": ("102", "73", "125"),
+        "delayed sine (+50) n=64": ("147", "179", "130"),
+        "lorenz n=64": ("113", "–", "–"),
+    }
+    settings = []
+    for (name, (adam, rms, sparse)), task in zip(
+        paper.items(), ("sine", "delayed_sine", "lorenz"), strict=True
+    ):
+        methods = [
+            _m("decay 0 + Adam", "traces", f"R {adam}%", "adam", decay=0.0),
+            _m("decay 0 + RMSprop", "traces", f"R {rms}%", "rmsprop", decay=0.0),
+            _m("sparse RTRL k=4 + Adam", "sparse_rtrl", f"R {sparse}%", k=4, mask="ring"),
+        ]
+        settings.append(_setting(name, task, methods))
+    return settings
+
+
 def _streaming():
     """§6's streaming comparison: River's Hyperplane (gradual drift) and RandomRBF with moving
     centroids, progressive accuracy of an online RNN (decay 0 + Adam, n=64, one sample per step)
@@ -289,6 +312,7 @@ TABLES = {
     "two_layer": ("Two-layer RNN: per-layer and cross-layer sensitivity", _two_layer),
     "char": ("Character-level domain shift: English (GCIDE stand-in) → Python", _char),
     "streaming": ("Streaming against River: Hyperplane and RandomRBF", _streaming),
+    "table4": ("Table 4: the domain summary (synthetic domains)", _table4),
 }
 
 
