@@ -13,8 +13,8 @@ per-layer and cross-layer sensitivity blocks in a two-layer RNN, and the immedia
 adaptation there), char (the character-level shift from English to Python source, cross-entropy
 of decay 0 against truncated BPTT), streaming (River's Hyperplane and RandomRBF: the online RNN
 against ARF and online logistic regression), table4 (the domain summary's synthetic rows: decay 0
-with Adam and RMSprop, sparse RTRL k=4, full RTRL). Every preset has a `_smoke` variant (short streams,
-n <= 8, 2 seeds); `smoke` alone is table1_smoke.
+with Adam and RMSprop, sparse RTRL k=4, full RTRL). Every preset has a `_smoke` variant (short
+streams, n <= 8, 2 seeds); `smoke` alone is table1_smoke.
 
 Shared protocol (the paper's settings were lost in its text conversion, so these are ours):
 vanilla tanh RNN unless noted, one update per step, seeds 42, 123, 7, 2024, 31337; Adam and its
