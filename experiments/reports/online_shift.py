@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import warnings
 
+import jax
 import numpy as np
 
 from experiments import online_study, plots, results, runner
 from experiments.data import streams as streams_lib
-from rtrl import metrics, tasks
+from rtrl import cells, metrics, tasks
 
 SHIFT_METRICS = ("shift", "first_shift", "every_shift")
 LAYER_BLOCKS = ("layer 1 ∂h¹/∂θ¹", "layer 2 ∂h²/∂θ²", "cross-layer ∂h²/∂θ¹")
@@ -133,14 +134,30 @@ def _norm_summary(setting, store, window) -> dict:
     shifts = task_spec(setting).shifts  # no shift (a drifting stream): the whole stream
     window = slice(shifts[0], shifts[0] + window) if shifts else slice(None)
     norms = np.asarray(store["group_norm"], np.float64)[:, window]  # [S, W, G]
+    names = list(store["group_names"])
+    sizes = _group_sizes(setting, names)  # [G] parameters per group (for per-element RMS)
     with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a diverged seed: all-nan medians
         ratio = norms[..., -2] / norms[..., -1]
+        rms = norms / np.sqrt(sizes)
         return {
-            "group_names": list(store["group_names"]),
+            "group_names": names,
             "group_norm_post": np.nanmedian(norms, axis=1).tolist(),  # [S][G]
             "output_recurrent_ratio": np.nanmedian(ratio, axis=1).tolist(),  # [S]
+            "output_recurrent_rms_ratio": np.nanmedian(rms[..., -2] / rms[..., -1], 1).tolist(),
         }
+
+
+def _group_sizes(setting, names) -> np.ndarray:
+    """Parameter counts of the group names of `online_study._group_norms` (the parameters, then
+    the output path and the recurrent path)."""
+    spec = task_spec(setting)
+    cell = cells.get(setting["cell"], spec.n_in, setting["n_hidden"], spec.n_out)
+    shapes = jax.eval_shape(lambda: cell.init(jax.random.key(0)))
+    size = {p: int(np.prod(shapes[p].shape)) for p in shapes}
+    output = sum(v for p, v in size.items() if p in cell.output_params)
+    recurrent = sum(v for p, v in size.items() if p not in cell.output_params)
+    return np.asarray([size[p] for p in names[:-2]] + [output, recurrent], np.float64)
 
 
 def _jacobian_summary(setting, store, window) -> dict:
@@ -295,8 +312,15 @@ def _immediate_sections(setting, chosen) -> list[str]:
         for label, run in normed:
             by_group = _seed_mean(run["group_norm_post"])
             ratio = _mean_sd(run["output_recurrent_ratio"])
-            rows.append([label] + [_fmt(v, 3) for v in by_group] + [ratio])
-        lines.append(results.markdown_table(["method", *names, "output / recurrent"], rows))
+            rms = _mean_sd(run["output_recurrent_rms_ratio"])
+            rows.append([label] + [_fmt(v, 3) for v in by_group] + [ratio, rms])
+        headers = ["method", *names, "output / recurrent (norms)", "per element (RMS)"]
+        lines.append(results.markdown_table(headers, rows))
+        lines.append(
+            "\nThe ratio of the groups' norms depends on their sizes (W_rec has n² entries, "
+            "W_out n·n_out); the per-element column divides each norm by √(its parameter count) "
+            "first. The paper's ~100× does not say which it is.\n"
+        )
     jac = [(label, run) for label, run in chosen.items() if "self_factor_pre" in run]
     if jac:
         lines.append(
