@@ -32,7 +32,7 @@ import ml_collections
 
 SEEDS = (42, 123, 7, 2024, 31337)
 LR = 1e-3
-SGD_LRS = [0.01, 0.03, 0.1, 0.3]
+SGD_LRS = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3]  # from Adam's lr up: where SGD fails or works
 UNNORMALISED = ("sgd", "momentum", "adam_b1_only")  # no second moment: their lr is swept
 DECAYS = (0.0, 0.001, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95)
 
