@@ -312,7 +312,11 @@ def _immediate_sections(setting, chosen) -> list[str]:
         for label, run in normed:
             by_group = _seed_mean(run["group_norm_post"])
             ratio = _mean_sd(run["output_recurrent_ratio"])
-            rms = _mean_sd(run["output_recurrent_rms_ratio"])
+            rms = (
+                _mean_sd(run["output_recurrent_rms_ratio"])
+                if "output_recurrent_rms_ratio" in run
+                else "n/a"
+            )
             rows.append([label] + [_fmt(v, 3) for v in by_group] + [ratio, rms])
         headers = ["method", *names, "output / recurrent (norms)", "per element (RMS)"]
         lines.append(results.markdown_table(headers, rows))

@@ -6,7 +6,8 @@ The shared factorisation and what a cell declares are in `rtrl.cells.base`; one 
 Initialisation (the papers leave it implicit): W_rec ~ N(0, 1/n), W_in ~ N(0, 1/n_in),
 W_out ~ N(0, 1/n), biases 0 except the LSTM forget-gate bias, which is 1.
 Factorised (every algorithm): vanilla, lstm, ctrnn, slstm. Stepwise only (tbptt, bptt, full
-rtrl): gru, block_gru_mlp, rwkv, retnet, s4, vanilla_2layer (two stacked vanilla layers).
+rtrl): gru, block_gru_mlp, rwkv, retnet, s4, vanilla_2layer (two stacked vanilla layers),
+lstm_lora4 (rank-4 adapters on the LSTM's W_rec and W_in, `lora`).
 """
 
 from rtrl.cells.base import (
@@ -33,6 +34,7 @@ from rtrl.cells.base import (
 from rtrl.cells.block_gru_mlp import block_gru_mlp
 from rtrl.cells.ctrnn import ctrnn
 from rtrl.cells.gru import gru
+from rtrl.cells.lora import lora
 from rtrl.cells.lstm import lstm
 from rtrl.cells.retnet import retnet
 from rtrl.cells.rwkv import rwkv
@@ -52,6 +54,7 @@ _REGISTRY = {
     "retnet": retnet,
     "s4": s4,
     "vanilla_2layer": vanilla_2layer,
+    "lstm_lora4": lambda n_in, n_hidden, n_out: lora(lstm(n_in, n_hidden, n_out), rank=4),
 }
 NAMES = tuple(_REGISTRY)
 
@@ -84,6 +87,7 @@ __all__ = [
     "get",
     "gru",
     "inputs_vector",
+    "lora",
     "lstm",
     "param_dtype",
     "preactivation",
