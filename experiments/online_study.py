@@ -18,16 +18,18 @@ with "group_norms" each parameter's gradient norm and the output-path / recurren
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import rtrl
 from experiments import results, runner
 from experiments.data import streams as streams_lib
 from rtrl import forward, metrics, online, optimizers, tasks
-from rtrl.cells import stacked
+from rtrl.cells import is_adapter, stacked
 
 SHADOW = {"algo": "rtrl", "options": {}}  # the default reference: full RTRL
 
@@ -59,7 +61,9 @@ def build_algorithm(setting, method, spec):
 
 def build_optimizer(config, method, spec, lr):
     """The method's optimizer at lr (the preset's unless the method names one), switched at the
-    first shift to a fresh `switch["to"]` at `switch["lr"]` where the method asks for it."""
+    first shift to a fresh `switch["to"]` at `switch["lr"]` where the method asks for it, and
+    restricted to the LoRA adapters where the method says "train": "adapters" (every other
+    parameter gets a zero update)."""
     tx = optimizers.get(method.get("optimizer") or config.optimizer, lr)
     switch = method.get("switch")
     if switch:
@@ -67,7 +71,21 @@ def build_optimizer(config, method, spec, lr):
             raise ValueError(f"{method['label']}: a switch needs a stream with a shift")
         second = optimizers.get(switch["to"], switch["lr"])
         tx = optimizers.switch(tx, second, at=spec.shifts[0])
+    train = method.get("train", "all")
+    if train not in ("all", "adapters"):
+        raise ValueError(f"{method['label']}: train must be 'all' or 'adapters', got {train!r}")
+    if train == "adapters":
+        tx = _only(tx, is_adapter)
     return tx
+
+
+def _only(tx, trainable):
+    """tx on the parameters whose name satisfies `trainable`, zero updates on the others."""
+
+    def labels(params):
+        return {k: "train" if trainable(k) else "freeze" for k in params}
+
+    return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
 
 
 def shadow_of(setting, method, cell, spec):
@@ -151,6 +169,90 @@ def _jacobian_stats(cell, params, carry_prev, x):
     return jnp.mean(jnp.abs(jnp.diagonal(J))), metrics.spectral_radius(J)
 
 
+def pretrained_path(runner_: runner.Runner, si: int) -> Path:
+    return runner_.workdir / "pretrained" / f"s{si}.npz"
+
+
+def make_pretrain_run(config, si: int, runner_: runner.Runner, keys) -> runner.Run:
+    """Batch pretraining of setting si's cell (its "pretrain": corpus "english", steps, batch,
+    window, lr, Adam) on random windows of the corpus, one lane per seed from the same initial
+    parameters the online runs would draw; LoRA adapters stay at init (B = 0). The final
+    parameters are saved to `pretrained_path` (npz, no pickle) for the online runs' init."""
+    setting = config.settings[si]
+    pre = setting["pretrain"]
+    spec = task_spec(setting)
+    cell = rtrl.cells.get(setting["cell"], spec.n_in, setting["n_hidden"], spec.n_out)
+    dtype = jnp.float64 if config.dtype == "float64" else jnp.float32
+    tx = _only(optimizers.get("adam", pre["lr"]), lambda name: not is_adapter(name))
+    corpus = streams_lib.CORPORA[pre["corpus"]]()
+    seeds = seeds_of(config, setting)
+
+    def init():
+        def one(key):
+            params = cell.init(key[0], dtype)
+            return params, tx.init(params)
+
+        return jax.jit(jax.vmap(one))(keys)
+
+    def step(state, batch, args):
+        params, opt_state = state
+        onehot = jax.nn.one_hot(batch, spec.n_in, dtype=dtype)  # [B, W + 1, V]
+
+        def loss(p):
+            per_window = jax.vmap(lambda w: rtrl.sequence_loss(cell, p, w[:-1], w[1:], "xent"))
+            return jnp.mean(per_window(onehot)) / pre["window"]
+
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), {"loss": value}
+
+    def batches(first, n):
+        out = np.empty((len(seeds), n, pre["batch"], pre["window"] + 1), np.int32)
+        for i, seed in enumerate(seeds):
+            for j in range(n):
+                rng = np.random.default_rng([int(seed), first + j, 7])
+                starts = rng.integers(0, corpus.size - pre["window"] - 1, pre["batch"])
+                out[i, j] = corpus[starts[:, None] + np.arange(pre["window"] + 1)]
+        return jnp.asarray(out)
+
+    def finish(state, records, diverged):
+        params = jax.tree.map(np.asarray, state[0])
+        path = pretrained_path(runner_, si)
+        if runner_.writer:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, **params)
+            tmp.replace(path)
+        loss = np.asarray(records["loss"], np.float64)
+        return {
+            "first": np.mean(loss[:, :50], 1).tolist(),
+            "last": np.mean(loss[:, -50:], 1).tolist(),
+        }
+
+    return runner.Run(
+        id=f"pretrain-s{si}",
+        label=f"[{setting['name']}] pretraining on {pre['corpus']}",
+        lanes=[{"seed": s} for s in seeds],
+        init=init,
+        step=step,
+        batches=batches,
+        steps=pre["steps"],
+        chunk=min(config.chunk, pre["steps"]),
+        finish=finish,
+        per_lane_batches=True,
+        cost=setting["n_hidden"] ** 2 * pre["batch"] * pre["window"],
+    )
+
+
+def load_pretrained(runner_: runner.Runner, si: int) -> dict:
+    """The saved [S, ...] parameters of setting si's pretraining (np.load, allow_pickle=False)."""
+    path = pretrained_path(runner_, si)
+    if not path.exists():
+        raise ValueError(f"{path} is missing: the pretraining run must finish first")
+    with np.load(path, allow_pickle=False) as data:
+        return {k: jnp.asarray(data[k]) for k in data.files}
+
+
 def make_run(config, work: dict, runner_: runner.Runner, setting_streams, report) -> runner.Run:
     """setting_streams: `streams(config, setting)` of the work's setting, shared by its runs;
     report: the study's report module (run_summary, label)."""
@@ -173,6 +275,9 @@ def make_run(config, work: dict, runner_: runner.Runner, setting_streams, report
     group_norms, jacobian_stats = setting.get("group_norms"), setting.get("jacobian_stats")
 
     def init():
+        if setting.get("pretrain"):  # every lane from its seed's pretrained parameters
+            pretrained = load_pretrained(runner_, work["setting"])
+            return jax.jit(jax.vmap(lambda k, p: learner.init(k[2], p)))(keys, pretrained)
         return jax.jit(jax.vmap(lambda k: learner.init(k[2], cell.init(k[0], dtype))))(keys)
 
     def step(state, batch, args):
@@ -282,8 +387,15 @@ def study(config, runner_: runner.Runner, report):
     for work in todo:
         if work["setting"] not in by_setting:
             by_setting[work["setting"]] = streams(config, config.settings[work["setting"]])
+    pretrain = [
+        make_pretrain_run(config, si, runner_, by_setting[si][1])
+        for si, setting in enumerate(config.settings)
+        if setting.get("pretrain") and si in by_setting
+    ]
     runs = [make_run(config, w, runner_, by_setting[w["setting"]], report) for w in todo]
-    runner_.plan(runs)
+    runner_.plan(pretrain + runs)
+    for run in pretrain:
+        runner_.run(run)
     done = {run.id: runner_.run(run) for run in runs}
     baselines = {}
     for si, setting in enumerate(config.settings):

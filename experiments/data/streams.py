@@ -84,6 +84,7 @@ def text_shift(*, length: int = 40_000, shift_at: int = 20_000) -> tasks.TaskSpe
 
 
 TASKS = {"text_shift": text_shift}
+CORPORA = {"english": english, "python": python_source}  # symbol arrays for pretraining
 
 
 def describe(name: str) -> str:

@@ -34,7 +34,7 @@ from rtrl.cells.base import (
 from rtrl.cells.block_gru_mlp import block_gru_mlp
 from rtrl.cells.ctrnn import ctrnn
 from rtrl.cells.gru import gru
-from rtrl.cells.lora import lora
+from rtrl.cells.lora import is_adapter, lora
 from rtrl.cells.lstm import lstm
 from rtrl.cells.retnet import retnet
 from rtrl.cells.rwkv import rwkv
@@ -87,6 +87,7 @@ __all__ = [
     "get",
     "gru",
     "inputs_vector",
+    "is_adapter",
     "lora",
     "lstm",
     "param_dtype",

@@ -74,3 +74,43 @@ def test_bad_presets_fail_clearly():
     config.settings[0]["methods"][0]["optimizer"] = "adagrad"
     with pytest.raises(ValueError, match="unknown optimizer 'adagrad'"):
         rtrl_immediate.check_config(config)
+
+
+def test_adapter_training_updates_only_the_adapters():
+    """ "train": "adapters" gives every base parameter a zero update (the frozen pretrained
+    network) and the adapters the optimizer's; the LoRA cell equals its base at init (B = 0)."""
+    import jax
+    import jax.numpy as jnp
+
+    import rtrl
+    from experiments import online_study
+
+    config = presets.get_config("lora_smoke")
+    setting = config.settings[0]
+    spec = online_study.task_spec(setting)
+    method = setting["methods"][0]
+    assert method["train"] == "adapters"
+    cell = rtrl.cells.get(setting["cell"], spec.n_in, setting["n_hidden"], spec.n_out)
+    params = cell.init(jax.random.key(0))
+    tx = online_study.build_optimizer(config, method, spec, 1e-2)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    for name, update in updates.items():
+        moved = float(jnp.max(jnp.abs(update)))
+        assert (moved > 0) == rtrl.cells.is_adapter(name), name
+    base = rtrl.cells.get("lstm", spec.n_in, setting["n_hidden"], spec.n_out)
+    x = jnp.ones((spec.n_in,))
+    base_params = {k: v for k, v in params.items() if not rtrl.cells.is_adapter(k)}
+    _, y_lora = cell.step(params, cell.initial_carry(), x)
+    _, y_base = base.step(base_params, base.initial_carry(), x)
+    np.testing.assert_allclose(y_lora, y_base, rtol=1e-6)
+
+
+def test_pretraining_is_saved_without_pickle_and_used(tmp_path):
+    config = presets.get_config("lora_smoke")
+    summary = rtrl_immediate.run(config, tmp_path)
+    saved = np.load(tmp_path / "pretrained" / "s0.npz", allow_pickle=False)
+    assert saved["W_rec"].shape[0] == len(config.settings[0]["seeds"])
+    np.testing.assert_array_equal(saved["W_rec_B"], 0.0)  # adapters untouched by pretraining
+    methods = summary["settings"][config.settings[0]["name"]]["methods"]
+    assert methods["frozen"]["post"] != methods["full fine-tuning + Adam"]["post"]
