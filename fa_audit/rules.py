@@ -153,6 +153,31 @@ def dfa(model, penalty: float = 0.0) -> Rule:
     return Rule("dfa", init, step)
 
 
+def frozen_blocks(rule: Rule) -> Rule:
+    """Diagnostic (d)'s baseline: the same rule with the deep blocks frozen at their random init
+    (zero block gradients); the embedding and the head train (the terminal LN has no
+    parameters here)."""
+
+    def step(params, state, x, labels):
+        state, out = rule.step(params, state, x, labels)
+        grads = {**out.grads, "blocks": jax.tree.map(jnp.zeros_like, out.grads["blocks"])}
+        return state, out._replace(grads=grads)
+
+    return Rule(f"{rule.name}, frozen blocks", rule.init, step)
+
+
+def alignment(grads: dict, bp_grads: dict) -> dict:
+    """Γ per layer: `metrics.cosine` of a method's gradient with BP's, for the embedding, each
+    block and the head (never aggregated here; `metrics.aggregate_cosine` names a strategy)."""
+    from fa_audit import metrics
+
+    out = {"embed": metrics.cosine(grads["embed"], bp_grads["embed"])}
+    for l, (g, ref) in enumerate(zip(grads["blocks"], bp_grads["blocks"], strict=True)):
+        out[f"block{l}"] = metrics.cosine(g, ref)
+    out["head"] = metrics.cosine(grads["head"], bp_grads["head"])
+    return out
+
+
 RULES = {"bp": bp, "fa": fa, "dfa": dfa}
 
 

@@ -91,3 +91,21 @@ def test_unknown_methods_and_options_are_refused():
         rules.get("dfa2", model)
     with pytest.raises(ValueError, match="bp takes no options"):
         rules.get("bp", model, penalty=0.1)
+
+
+def test_frozen_blocks_and_per_layer_alignment():
+    model, params, x, labels = _problem(5)
+    bp_rule, dfa_rule = rules.get("bp", model), rules.get("dfa", model)
+    _, ref = bp_rule.step(params, None, x, labels)
+    frozen = rules.frozen_blocks(dfa_rule)
+    state = frozen.init(jax.random.key(0), params)
+    _, out = frozen.step(params, state, x, labels)
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(out.grads["blocks"]))
+    _close(out.grads["head"], ref.grads["head"])
+    gamma = rules.alignment(ref.grads, ref.grads)
+    assert set(gamma) == {"embed", "block0", "block1", "block2", "head"}
+    assert all(float(v) == pytest.approx(1.0) for v in gamma.values())
+    _, dfa_out = dfa_rule.step(params, dfa_rule.init(jax.random.key(1), params), x, labels)
+    gamma = rules.alignment(dfa_out.grads, ref.grads)
+    assert float(gamma["head"]) == pytest.approx(1.0)  # the head is exact under DFA
+    assert abs(float(gamma["block0"])) < 0.99  # random feedback at init: not aligned
