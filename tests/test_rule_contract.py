@@ -3,7 +3,8 @@
     state = rule.init(key, params)
     state, out = rule.step(params, state, *batch)      # out.grads like params, out.loss []
 
-Checks per rule: the gradient pytree has the parameters' structure, shapes and dtypes; loss and
+Libraries: rtrl (algorithms), lru_local (rules), fa_audit (credit methods). Checks per rule: the
+gradient pytree has the parameters' structure, shapes and dtypes; loss and
 gradients are finite; a jitted step traces once over several calls; `jax.vmap` over seeds equals
 a Python loop over seeds (float64). A rule added to a registry without an entry here fails
 `test_every_registered_rule_is_covered`. Then one cross-library pairing: rtrl's sparse RTRL
@@ -19,6 +20,8 @@ import pytest
 
 import lru_local
 import rtrl
+from fa_audit import models as fa_models
+from fa_audit import rules as fa_rules
 from lru_local import rules as lru_rules
 from rtrl import online, optimizers
 
@@ -74,16 +77,39 @@ def _lru_case(name):
     return rule, make
 
 
-CASES = [("rtrl", n) for n in RTRL_OPTIONS] + [("lru_local", n) for n in LRU_OPTIONS]
+FA_OPTIONS = {"bp": {}, "fa": {"penalty": 1e-2}, "dfa": {"penalty": 1e-2}}
+FA_MODEL = fa_models.ResidualMLP(d_in=5, d=6, blocks=2, classes=3)
+
+
+def _fa_case(name):
+    rule = fa_rules.get(name, FA_MODEL, **FA_OPTIONS[name])
+
+    def make(seed):
+        key = jax.random.key(seed)
+        params = FA_MODEL.init(jax.random.fold_in(key, 0), jnp.float64)
+        x = jax.random.normal(jax.random.fold_in(key, 1), (T, 4, 5), jnp.float64)
+        labels = jax.random.randint(jax.random.fold_in(key, 2), (T, 4), 0, 3)
+        state = rule.init(jax.random.fold_in(key, 3), params)
+        return params, state, [(x[t], labels[t]) for t in range(T)]
+
+    return rule, make
+
+
+CASES = (
+    [("rtrl", n) for n in RTRL_OPTIONS]
+    + [("lru_local", n) for n in LRU_OPTIONS]
+    + [("fa_audit", n) for n in FA_OPTIONS]
+)
 
 
 def _case(library, name):
-    return (_rtrl_case if library == "rtrl" else _lru_case)(name)
+    return {"rtrl": _rtrl_case, "lru_local": _lru_case, "fa_audit": _fa_case}[library](name)
 
 
 def test_every_registered_rule_is_covered():
     assert set(RTRL_OPTIONS) == set(rtrl.algorithms.NAMES)
     assert set(LRU_OPTIONS) == set(lru_rules.NAMES)
+    assert set(FA_OPTIONS) == set(fa_rules.RULES)
 
 
 @pytest.mark.parametrize("library,name", CASES)
