@@ -229,6 +229,12 @@ def make_pretrain_run(config, si: int, runner_: runner.Runner, keys) -> runner.R
             "last": np.mean(loss[:, -50:], 1).tolist(),
         }
 
+    def rows(first, n, values, extra, seconds):
+        loss = _clean(np.asarray(values["loss"]).mean(axis=1))
+        return [
+            {"setting": setting["name"], "method": "pretraining", "step": first + n, "loss": loss}
+        ]
+
     return runner.Run(
         id=f"pretrain-s{si}",
         label=f"[{setting['name']}] pretraining on {pre['corpus']}",
@@ -240,6 +246,7 @@ def make_pretrain_run(config, si: int, runner_: runner.Runner, keys) -> runner.R
         chunk=min(config.chunk, pre["steps"]),
         finish=finish,
         per_lane_batches=True,
+        rows=rows,
         cost=setting["n_hidden"] ** 2 * pre["batch"] * pre["window"],
     )
 
