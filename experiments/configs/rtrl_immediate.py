@@ -14,7 +14,8 @@ adaptation there), char (the character-level shift from English to Python source
 of decay 0 against truncated BPTT), streaming (River's Hyperplane and RandomRBF: the online RNN
 against ARF and online logistic regression), table4 (the domain summary's synthetic rows: decay 0
 with Adam and RMSprop, sparse RTRL k=4, full RTRL), lora (our analogue of the LoRA table: rank-4
-adapters on an English-pretrained character LSTM adapting online to Python). Every preset has a
+adapters on an English-pretrained character LSTM adapting online to Python), switch (the switch
+control with SGD at three learning rates). Every preset has a
 `_smoke` variant (short streams, n <= 8, 2 seeds); `smoke` alone is table1_smoke.
 
 Shared protocol (the paper's settings were lost in its text conversion, so these are ours):
@@ -292,6 +293,40 @@ def _streaming():
     return settings
 
 
+def _switch():
+    """The switch control on its own, with the SGD learning rate after the switch at three
+    values (table2's single lr 0.1 diverges on every seed): Adam with window-1 BPTT until the
+    shift, then SGD, a fresh Adam, or β2-only Adam; Adam throughout beside them."""
+    methods = [_m("Adam throughout", "tbptt", None, w=1)]
+    for lr in (0.001, 0.01, 0.1):
+        methods.append(
+            _m(
+                f"Adam → SGD (lr {lr:g}) at the shift",
+                "tbptt",
+                "R 6%",
+                w=1,
+                switch={"to": "sgd", "lr": lr},
+            )
+        )
+    methods += [
+        _m(
+            "Adam → Adam (fresh) at the shift",
+            "tbptt",
+            "R 100%",
+            w=1,
+            switch={"to": "adam", "lr": LR},
+        ),
+        _m(
+            "Adam → Adam β2-only at the shift",
+            "tbptt",
+            "R 93%",
+            w=1,
+            switch={"to": "adam_b2_only", "lr": LR},
+        ),
+    ]
+    return [_setting("sine n=64", "sine", methods)]
+
+
 ZOO = {  # cell: (the paper's Table 3 row: Adam/RMSprop, SGD, gradient ratio, bypass)
     "vanilla": ("adapts", "fails", "~100", "none"),
     "lstm": ("adapts", "59% sine, 8% Lorenz", "31", "none"),
@@ -341,6 +376,7 @@ TABLES = {
     "char": ("Character-level domain shift: English (GCIDE stand-in) → Python", _char),
     "streaming": ("Streaming against River: Hyperplane and RandomRBF", _streaming),
     "table4": ("Table 4: the domain summary (synthetic domains)", _table4),
+    "switch": ("The optimizer switch at the shift, with SGD at three learning rates", _switch),
     "lora": ("LoRA analogue: online adapters on a pretrained character LSTM", _lora),
 }
 
