@@ -29,15 +29,6 @@ import rtrl
 from experiments import results
 from experiments.benchmarks import timing
 
-_SIZES = flags.DEFINE_list("sizes", ["64", "256"], "Hidden sizes n.")
-_STEPS = flags.DEFINE_integer("steps", 200, "Time steps per scanned call.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per program after one warm-up call.")
-_FULL_MAX_MB = flags.DEFINE_float(
-    "full_rtrl_max_mb", 256.0, "Run full RTRL only where its state is below this many MiB."
-)
-_CELLS = flags.DEFINE_list("cells", list(rtrl.cells.NAMES), "Cells to time.")
-_JSON = flags.DEFINE_string("json", None, "Also write every number to this JSON file.")
-
 F32 = jnp.float32
 BIG_MATMUL = 1024
 
@@ -171,19 +162,28 @@ def _mb(b) -> str:
     return f"{b / 2**20:.3g} MiB"
 
 
-def main(argv):
-    del argv
-    out = measure(
-        _CELLS.value,
-        [int(s) for s in _SIZES.value],
-        _STEPS.value,
-        _REPEATS.value,
-        _FULL_MAX_MB.value,
+def _main():
+    """Flags are defined here, at call time, so importing this module beside another benchmark
+    (tests do) never defines a flag twice."""
+    sizes = flags.DEFINE_list("sizes", ["64", "256"], "Hidden sizes n.")
+    steps = flags.DEFINE_integer("steps", 200, "Time steps per scanned call.")
+    repeats = flags.DEFINE_integer("repeats", 3, "Timed calls per program after one warm-up call.")
+    full_max_mb = flags.DEFINE_float(
+        "full_rtrl_max_mb", 256.0, "Run full RTRL only where its state is below this many MiB."
     )
-    print(table(out))
-    if _JSON.value:
-        results.write_json(_JSON.value, out)
+    cells = flags.DEFINE_list("cells", list(rtrl.cells.NAMES), "Cells to time.")
+    json_path = flags.DEFINE_string("json", None, "Also write every number to this JSON file.")
+
+    def main(argv):
+        del argv
+        sizes_n = [int(n) for n in sizes.value]
+        out = measure(cells.value, sizes_n, steps.value, repeats.value, full_max_mb.value)
+        print(table(out))
+        if json_path.value:
+            results.write_json(json_path.value, out)
+
+    app.run(main)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _main()
