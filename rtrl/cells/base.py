@@ -103,6 +103,18 @@ def check_input(n_in: int, x) -> None:
         )
 
 
+def stepper(n_in, transition, output):
+    """`Cell.step` from the stepwise form: s_t = transition(θ, s_{t-1}, x_t), y_t = output(θ, s_t,
+    x_t), with the input's shape checked."""
+
+    def step(params, carry, x):
+        check_input(n_in, x)
+        carry = transition(params, carry, x)
+        return carry, output(params, carry, x)
+
+    return step
+
+
 def stepwise_cell(
     name,
     n_in,
@@ -120,10 +132,7 @@ def stepwise_cell(
     """A cell of the stepwise form only (no factorised core): `hidden(s) -> [n_hidden]` is the
     state the diagnostics read; n_rows = 0 (there are no Θ rows)."""
 
-    def step(params, carry, x):
-        check_input(n_in, x)
-        carry = transition(params, carry, x)
-        return carry, output(params, carry, x)
+    step = stepper(n_in, transition, output)
 
     return Cell(
         name,
@@ -196,10 +205,7 @@ def factorised_cell(
     def output(params, carry, x):
         return readout(params, hidden(carry))
 
-    def step(params, carry, x):
-        check_input(n_in, x)
-        carry = transition(params, carry, x)
-        return carry, output(params, carry, x)
+    step = stepper(n_in, transition, output)
 
     return Cell(
         name,

@@ -8,26 +8,12 @@ import pytest
 
 import rtrl
 from rtrl.cells.block_gru_mlp import block_gru_mlp
+from tests.rtrl.test_cells import _problem
 
 F64 = jnp.float64
 EXACT_RTOL = 1e-10  # an exact algorithm against jax.grad in float64
 T = 8
 SIZES = [(2, 4, 1, 2, 3), (1, 6, 2, 3, None)]  # (n_in, n_hidden, n_out, blocks, mlp_width)
-
-
-def _problem(cell, seed, length=T):
-    """cell.init params plus a perturbation (non-zero biases, γ ≠ 1), inputs and targets."""
-    key = jax.random.key(seed)
-    params = cell.init(jax.random.fold_in(key, 0), F64)
-    leaves, treedef = jax.tree.flatten(params)
-    noise = [
-        0.3 * jax.random.normal(jax.random.fold_in(key, 10 + i), leaf.shape, F64)
-        for i, leaf in enumerate(leaves)
-    ]
-    params = jax.tree.unflatten(treedef, [a + b for a, b in zip(leaves, noise, strict=True)])
-    xs = jax.random.normal(jax.random.fold_in(key, 1), (length, cell.n_in), F64)
-    ys = jax.random.normal(jax.random.fold_in(key, 2), (length, cell.n_out), F64)
-    return params, xs, ys
 
 
 def _rel_errors(got, want):
@@ -38,7 +24,7 @@ def _rel_errors(got, want):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_full_rtrl_and_tbptt_equal_jax_grad(n_in, n_hidden, n_out, blocks, mlp_width, seed):
     cell = block_gru_mlp(n_in, n_hidden, n_out, blocks=blocks, mlp_width=mlp_width)
-    params, xs, ys = _problem(cell, seed)
+    params, xs, ys = _problem(cell, seed, length=T)
     want = jax.grad(lambda p: rtrl.sequence_loss(cell, p, xs, ys))(params)
     for algo in (rtrl.forward.jacobian_rtrl(cell), rtrl.algorithms.get("tbptt", cell, w=T)):
         got = jax.jit(lambda p, a=algo: rtrl.sequence_grads(a, p, xs, ys, None))(params)
@@ -59,7 +45,7 @@ def test_declares_the_head_as_output_params():
 @pytest.mark.parametrize("blocks,n_hidden", [(2, 4), (3, 6), (4, 4)])
 def test_state_jacobian_is_block_diagonal(blocks, n_hidden):
     cell = block_gru_mlp(2, n_hidden, 1, blocks=blocks)
-    params, xs, _ = _problem(cell, 5)
+    params, xs, _ = _problem(cell, 5, length=T)
     h = jax.random.normal(jax.random.key(6), (n_hidden,), F64)
     J = np.asarray(jax.jacfwd(cell.transition, argnums=1)(params, h, xs[0]))  # [n, n]
     b = n_hidden // blocks

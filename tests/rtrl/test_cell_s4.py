@@ -12,29 +12,7 @@ import pytest
 
 import rtrl
 from rtrl.cells.s4 import s4
-
-F64 = jnp.float64
-EXACT_RTOL = 1e-10  # an exact algorithm against jax.grad in float64
-SAME_RTOL = 1e-12  # two implementations of the same arithmetic
-T = 10
-
-
-def _problem(cell, seed, length=T):
-    """cell.init params plus a 0.3 N(0, 1) perturbation of every leaf, inputs and targets."""
-    key = jax.random.key(seed)
-    params = cell.init(jax.random.fold_in(key, 0), F64)
-    noise = {
-        name: 0.3 * jax.random.normal(jax.random.fold_in(key, 10 + i), value.shape, F64)
-        for i, (name, value) in enumerate(sorted(params.items()))
-    }
-    params = {name: value + noise[name] for name, value in params.items()}
-    xs = jax.random.normal(jax.random.fold_in(key, 1), (length, cell.n_in), F64)
-    ys = jax.random.normal(jax.random.fold_in(key, 2), (length, cell.n_out), F64)
-    return params, xs, ys
-
-
-def _max_rel(got, want):
-    return max(float(jnp.max(jnp.abs(got[k] - want[k])) / jnp.max(jnp.abs(want[k]))) for k in want)
+from tests.rtrl.test_cells import EXACT_RTOL, F64, SAME_RTOL, T, _max_rel, _problem
 
 
 def _run(cell, params, xs):
