@@ -100,5 +100,6 @@ def perturbation_correlation(loss, h, g, key, eps: float = 1e-3, n: int = 64) ->
     v = v / jnp.linalg.norm(v.reshape(n, -1), axis=1).reshape(n, *([1] * h.ndim))
     base = loss(h)
     predicted = eps * jnp.sum((v * g).reshape(n, -1), axis=1)
-    actual = jax.vmap(lambda d: loss(h + eps * d) - base)(v)
+    # a few directions at a time: n copies of a large h would not fit at once
+    actual = jax.lax.map(lambda d: loss(h + eps * d) - base, v, batch_size=min(n, 8))
     return jnp.corrcoef(predicted, actual)[0, 1]

@@ -77,7 +77,14 @@ def _lru_case(name):
     return rule, make
 
 
-FA_OPTIONS = {"bp": {}, "fa": {"penalty": 1e-2}, "dfa": {"penalty": 1e-2}}
+FA_OPTIONS = {
+    "bp": {"penalty": 1e-2},
+    "fa": {"penalty": 1e-2},
+    "dfa": {"penalty": 1e-2},
+    "ep": {"relax_steps": 3, "penalty": 1e-2},
+    "state_bridge": {"penalty": 1e-2},
+    "credit_bridge": {"penalty": 1e-2, "width": 5},
+}
 FA_MODEL = fa_models.ResidualMLP(d_in=5, d=6, blocks=2, classes=3)
 
 
