@@ -13,7 +13,7 @@ labels [B]), as pure jittable functions of (params, rule state):
 - credit: the method's local credit signal s_l at h_{l+1} (`CREDIT_SIGNALS`: BP's own gradient
   ∂L/∂h_{l+1}, DFA's e_T B_l), its cosine with ∂L/∂h_{l+1} per block ("deep cos"), and the
   perturbation correlation ρ of s_l with the true change of L under h_{l+1} + εv (deep ρ); the
-  negative control ρ of a random vector, for every method.
+  negative control ρ of a random vector, for every method (directions = 0: ρ is skipped, NaN).
 `null_calibration` re-measures DFA's deep cosine and flat Γ with fresh random B_l (pitfall 4).
 """
 
@@ -111,23 +111,31 @@ def measure(
             _rest(model, params, l + 1, labels), hidden[l + 1], signal, k, eps=eps, n=directions
         )
 
-    out["rho_random"] = jnp.stack(
-        [
-            rho(
-                l,
-                jax.random.normal(random_keys[l], hidden[l + 1].shape, hidden[l + 1].dtype),
-                rho_keys[l],
-            )
-            for l in range(L)
-        ]
-    )
     nan = jnp.full((L,), jnp.nan, norms.dtype)
+    out["rho_random"] = (
+        nan
+        if not directions
+        else jnp.stack(
+            [
+                rho(
+                    l,
+                    jax.random.normal(random_keys[l], hidden[l + 1].shape, hidden[l + 1].dtype),
+                    rho_keys[l],
+                )
+                for l in range(L)
+            ]
+        )
+    )
     if method in CREDIT_SIGNALS:
         signals = CREDIT_SIGNALS[method](model, params, state, x, labels)
         out["deep_cos"] = jnp.stack(
             [metrics.cosine(s, g) for s, g in zip(signals, grads_h, strict=True)]
         )
-        out["deep_rho"] = jnp.stack([rho(l, s, rho_keys[l]) for l, s in enumerate(signals)])
+        out["deep_rho"] = (
+            jnp.stack([rho(l, s, rho_keys[l]) for l, s in enumerate(signals)])
+            if directions
+            else nan
+        )
     else:
         out["deep_cos"], out["deep_rho"] = nan, nan
     return out
