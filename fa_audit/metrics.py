@@ -16,8 +16,9 @@
 - `row_norms(x)`: the L2 norm of each row, `jnp.linalg.norm(x, axis=-1)`; the positional
   `jnp.linalg.norm(x, -1)` is ord = −1 (a matrix norm of the whole array), pitfall 1.
 - `perturbation_correlation(loss, h, g, key, eps, n)`: Pearson ρ between the predicted change
-  ⟨g, ε v⟩ and the true change L(h + ε v) − L(h) over n random unit directions v; +1 when g is
-  the gradient of L at h (the paper's positive control: +0.997), ≈ 0 for an unrelated g (+0.006).
+  ⟨g, v⟩ and the true change L(h + v) − L(h) over n random directions v of norm ε‖h‖; +1 when g
+  is the gradient of L at h (the paper's positive control: +0.997), ≈ 0 for an unrelated g
+  (+0.006).
 """
 
 from __future__ import annotations
@@ -92,14 +93,19 @@ def row_norms(x: jax.Array) -> jax.Array:
 
 
 def perturbation_correlation(loss, h, g, key, eps: float = 1e-3, n: int = 64) -> jax.Array:
-    """Pearson ρ over n random unit directions v of (⟨g, ε v⟩, L(h + ε v) − L(h)); h and g arrays
-    of one shape, loss a scalar function of h."""
+    """Pearson ρ over n random directions v of (⟨g, v⟩, L(h + v) − L(h)), ‖v‖ = ε ‖h‖; h and g
+    arrays of one shape, loss a scalar function of h.
+
+    ε is relative to ‖h‖: an absolute step is lost to float32 rounding of L on a large state (a
+    whole evaluation batch of a residual stream: ‖h‖ ~ 1e3–1e5, and ⟨g, v⟩ shrinks as
+    1/sqrt(h.size)), which drives even the true gradient's ρ towards 0."""
     if h.shape != g.shape:
         raise ValueError(f"h and g need one shape, got {h.shape} and {g.shape}")
     v = jax.random.normal(key, (n, *h.shape), h.dtype)
-    v = v / jnp.linalg.norm(v.reshape(n, -1), axis=1).reshape(n, *([1] * h.ndim))
+    scale = eps * jnp.linalg.norm(h.reshape(-1)) / jnp.linalg.norm(v.reshape(n, -1), axis=1)
+    v = v * scale.reshape(n, *([1] * h.ndim))
     base = loss(h)
-    predicted = eps * jnp.sum((v * g).reshape(n, -1), axis=1)
+    predicted = jnp.sum((v * g).reshape(n, -1), axis=1)
     # a few directions at a time: n copies of a large h would not fit at once
-    actual = jax.lax.map(lambda d: loss(h + eps * d) - base, v, batch_size=min(n, 8))
+    actual = jax.lax.map(lambda d: loss(h + d) - base, v, batch_size=min(n, 8))
     return jnp.corrcoef(predicted, actual)[0, 1]
