@@ -192,7 +192,7 @@ class AuditStudy:
             return out
 
         def finish(state, records, diverged):
-            return self.finish(spec, model, data, state, records, diverged)
+            return self.finish(spec, model, data, (x_eval, y_eval), state, records, diverged)
 
         return runner.Run(
             id=spec["id"],
@@ -220,12 +220,12 @@ class AuditStudy:
         )
         return perm[i * b : (i + 1) * b]
 
-    def finish(self, spec, model, data, state, records, diverged) -> dict:
+    def finish(self, spec, model, data, evaluation, state, records, diverged) -> dict:
         c = self.config
         x_test = data.normalise(data.test_x)
         y_test = jnp.asarray(data.test_y)
-        n = (len(data.test_y) // 1000) * 1000 or len(data.test_y)
-        batch = 1000 if n % 1000 == 0 else n
+        batch = min(1000, len(data.test_y))
+        n = len(data.test_y) - len(data.test_y) % batch
         test = jax.jit(jax.vmap(lambda p: audit.evaluate(model, p, x_test[:n], y_test[:n], batch)))
         out = {
             "test_accuracy": np.asarray(test(state["params"])).tolist(),
@@ -236,8 +236,7 @@ class AuditStudy:
             },
         }
         if spec["method"] == "dfa" and not spec["frozen"]:
-            x_eval = data.normalise(data.test_x[: c.eval_size])
-            y_eval = jnp.asarray(data.test_y[: c.eval_size])
+            x_eval, y_eval = evaluation
             penalty = spec["options"].get("penalty", 0.0)
             null = jax.jit(
                 jax.vmap(

@@ -45,12 +45,18 @@ def _credited(grads):
     return {"embed": grads["embed"], "blocks": grads["blocks"]}
 
 
-def _bp_signal(model, params, state, x, labels):
-    _, hidden, _ = model.forward(params, x)
+def _state_grads(model, params, hidden, labels) -> list:
+    """∂L/∂h_l for l = 1..L, from the states hidden = [h_0, …, h_L]."""
     return [jax.grad(_rest(model, params, l, labels))(hidden[l]) for l in range(1, len(hidden))]
 
 
-CREDIT_SIGNALS = {"bp": _bp_signal, "dfa": rules.dfa_signals}
+# (model, params, state, x, labels, ∂L/∂h_{1..L}) -> [s_l]; BP's credit is the gradient itself
+CREDIT_SIGNALS = {
+    "bp": lambda model, params, state, x, labels, grads_h: grads_h,
+    "dfa": lambda model, params, state, x, labels, grads_h: rules.dfa_signals(
+        model, params, state, x, labels
+    ),
+}
 
 
 def measure(
@@ -71,7 +77,7 @@ def measure(
     logits, hidden, _ = model.forward(params, x)
     L = len(params["blocks"])
     norms = jnp.stack([jnp.linalg.norm(h.reshape(-1)) for h in hidden])
-    grads_h = [jax.grad(_rest(model, params, l, labels))(hidden[l]) for l in range(1, L + 1)]
+    grads_h = _state_grads(model, params, hidden, labels)
     bp_rule = rules.bp(model)
     _, ref = bp_rule.step(params, None, x, labels)
     _, own = rule.step(params, state, x, labels)
@@ -127,7 +133,7 @@ def measure(
         )
     )
     if method in CREDIT_SIGNALS:
-        signals = CREDIT_SIGNALS[method](model, params, state, x, labels)
+        signals = CREDIT_SIGNALS[method](model, params, state, x, labels, grads_h)
         out["deep_cos"] = jnp.stack(
             [metrics.cosine(s, g) for s, g in zip(signals, grads_h, strict=True)]
         )
@@ -146,8 +152,7 @@ def null_calibration(model, params, x, labels, key, *, draws: int = 20, penalty:
     the training-time ones (≈ 0 if the trained alignment is specific to its own B_l)."""
     rule = rules.dfa(model, penalty=penalty)
     _, hidden, _ = model.forward(params, x)
-    L = len(params["blocks"])
-    grads_h = [jax.grad(_rest(model, params, l, labels))(hidden[l]) for l in range(1, L + 1)]
+    grads_h = _state_grads(model, params, hidden, labels)
     _, ref = rules.bp(model).step(params, None, x, labels)
 
     def one(k):

@@ -57,9 +57,12 @@ class _Model:
 
     residual = True
 
-    def next_state(self, l, block_params, h):
-        f = self.block(l, block_params, h)
+    def advance(self, h, f):
+        """h_{l+1} from h_l and the block's output f_l."""
         return h + f if self.residual else f
+
+    def next_state(self, l, block_params, h):
+        return self.advance(h, self.block(l, block_params, h))
 
     def forward(self, params, x):
         """(logits [B, K], residual states [h_0, …, h_L], block outputs [f_0, …, f_{L−1}])."""
@@ -67,7 +70,7 @@ class _Model:
         hidden, branches = [h], []
         for l, block_params in enumerate(params["blocks"]):
             f = self.block(l, block_params, h)
-            h = h + f if self.residual else f
+            h = self.advance(h, f)
             hidden.append(h)
             branches.append(f)
         return self.readout(params, h), hidden, branches

@@ -167,7 +167,7 @@ def _head_grads(model, params, h_L, labels):
     )["head"]
 
 
-def _local_block_grads(model, params, hidden, block_loss):
+def _local_block_grads(params, hidden, block_loss):
     """[∇ block_loss(l, params_l, h_l) for each block], h_l stop-gradded."""
     return [
         jax.grad(lambda bp_, l=l, h=h: block_loss(l, bp_, jax.lax.stop_gradient(h)))(bp_)
@@ -214,7 +214,7 @@ def dfa(model, penalty: float = 0.0) -> Rule:
 
         grads = {
             "embed": _embed_grads(model, params, x, lambda h0: jnp.sum(h0 * signals["embed"])),
-            "blocks": _local_block_grads(model, params, hidden, block_loss),
+            "blocks": _local_block_grads(params, hidden, block_loss),
             "head": _head_grads(model, params, hidden[-1], labels),
         }
         return state, StepOutput(grads, value)
@@ -304,7 +304,7 @@ def ep(
         grads = jax.tree.map(lambda a, b: (a - b) / (2 * beta), g_plus, g_minus)
         if penalty:
             extra = _local_block_grads(
-                model, params, hidden, lambda l, bp_, h: penalty * _sq_norm(model.block(l, bp_, h))
+                params, hidden, lambda l, bp_, h: penalty * _sq_norm(model.block(l, bp_, h))
             )
             grads["blocks"] = jax.tree.map(jnp.add, grads["blocks"], extra)
         return state, StepOutput(grads, value)
@@ -346,7 +346,7 @@ def _bridge(model, name, make_predictor, predict, fit_target, block_objective, p
 
         def block_loss(l, bp_, h_l):
             f = model.block(l, bp_, h_l)
-            h_next = h_l + f if model.residual else f
+            h_next = model.advance(h_l, f)
             if l == L - 1:
                 objective = cross_entropy(model.readout(params, h_next), labels)
             else:
@@ -355,7 +355,7 @@ def _bridge(model, name, make_predictor, predict, fit_target, block_objective, p
 
         grads = {
             "embed": _embed_grads(model, params, x, lambda h0: state_objective(0, h0)),
-            "blocks": _local_block_grads(model, params, hidden, block_loss),
+            "blocks": _local_block_grads(params, hidden, block_loss),
             "head": _head_grads(model, params, hidden[-1], labels),
         }
 

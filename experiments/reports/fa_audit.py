@@ -67,24 +67,6 @@ def _frozen(config, done, arch):
     return None
 
 
-def _final(out, name):
-    """[seeds, ...] of a per-epoch measurement after the last epoch."""
-    return (
-        np.asarray(
-            [
-                np.asarray(lane[-1], np.float64) if lane[-1] is not None else np.nan
-                for lane in out["epochs"][name]
-            ],
-            dtype=np.float64,
-        )
-        if np.ndim(out["epochs"][name][0][-1]) == 0
-        else np.asarray(
-            [[np.nan if v is None else v for v in lane[-1]] for lane in out["epochs"][name]],
-            np.float64,
-        )
-    )
-
-
 def _series(out, name):
     """[seeds, epochs, ...] with NaN for None."""
 
@@ -94,6 +76,11 @@ def _series(out, name):
         return np.nan if x is None else x
 
     return np.asarray(clean(out["epochs"][name]), np.float64)
+
+
+def _final(out, name):
+    """[seeds, ...] of a per-epoch measurement after the last epoch, NaN for None."""
+    return _series(out, name)[:, -1]
 
 
 def measurements(config, done, spec, out) -> list[diagnostics.Measurements]:
@@ -138,6 +125,11 @@ def _ms(values, fmt=".3f", signed=False):
     return "—" if arr.size == 0 else results.mean_std(arr, fmt, signed=signed)
 
 
+def _paper_audit(spec):
+    """Table 1's paper numbers for an unpenalised audit method, blanks otherwise."""
+    return ("",) * 5 if spec["options"] else PAPER_AUDIT.get(spec["method"], ("",) * 5)
+
+
 def _main_runs(config, done, arch="mlp"):
     return [(s, o) for s, o in _runs(config, done) if s["arch"] == arch and not s["frozen"]]
 
@@ -147,7 +139,7 @@ def audit_table(config, done) -> str:
     for spec, out in _main_runs(config, done):
         ms = measurements(config, done, spec, out)
         verdict = _verdict_counts(ms)["full"]
-        paper = PAPER_AUDIT.get(spec["method"], ("",) * 5) if not spec["options"] else ("",) * 5
+        paper = _paper_audit(spec)
         rows.append(
             [
                 spec["label"],
@@ -193,7 +185,7 @@ def diagnostics_table(config, done) -> str:
     rows = []
     for spec, out in _main_runs(config, done):
         ms = measurements(config, done, spec, out)
-        paper = PAPER_AUDIT.get(spec["method"], ("",) * 5) if not spec["options"] else ("",) * 5
+        paper = _paper_audit(spec)
         rows.append(
             [
                 spec["label"],
