@@ -412,18 +412,23 @@ def study(config, runner_: runner.Runner, report):
 
 
 def river_baselines(config, setting, runner_: runner.Runner) -> dict:
-    """River's models on the setting's streams, computed once and kept in the workdir
-    (river_<setting>.json; ARF takes ~20 CPU-minutes per 200K-sample stream)."""
+    """River's models on the setting's streams, {model: [accuracy per seed]}, kept in the workdir
+    (river_<setting>.json) after every (model, seed), so an interrupted run loses at most one
+    stream (ARF takes ~20 CPU-minutes per 200K-sample stream). `river_seeds` ({model: n}) limits
+    a model to the setting's first n seeds; the report names the seeds each row ran on."""
     path = runner_.workdir / f"river_{runner.slug(setting['name'])}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    print(f"[{setting['name']}] River baselines {setting['river_baselines']} ...", flush=True)
-    out = streams_lib.river_baselines(
-        setting["task"],
-        seeds_of(config, setting),
-        setting["river_baselines"],
-        **setting["task_options"],
-    )
-    if runner_.writer:
-        results.write_json(path, out)
+    out = json.loads(path.read_text()) if path.exists() else {}
+    seeds = seeds_of(config, setting)
+    limits = setting.get("river_seeds") or {}
+    for model in setting["river_baselines"]:
+        todo = seeds[: limits.get(model, len(seeds))]
+        accuracies = out.setdefault(model, [])
+        for seed in todo[len(accuracies) :]:
+            print(f"[{setting['name']}] River {model}, seed {seed} ...", flush=True)
+            (accuracy,) = streams_lib.river_baselines(
+                setting["task"], [seed], [model], **setting["task_options"]
+            )[model]
+            accuracies.append(accuracy)
+            if runner_.writer:
+                results.write_json(path, out)
     return out

@@ -662,8 +662,12 @@ def setting_table(config, setting, chosen, per_method, river=None) -> str:
         ]
         if metric == "progressive":
             papers = setting.get("river_paper", {})
+            seeds = list(setting.get("seeds") or config.seeds)
             for model, accuracies in (river or {}).items():
-                rows.append([f"River {model}", _mean_sd(accuracies), "", papers.get(model, "")])
+                label = f"River {model}"
+                if len(accuracies) < len(seeds):
+                    label += f" (seeds {', '.join(map(str, seeds[: len(accuracies)]))} only)"
+                rows.append([label, _mean_sd(accuracies), "", papers.get(model, "")])
         else:
             trivial = "chance 0.125" if metric == "copy" else "predict-the-mean 0.167"
             rows.append(["trivial baseline", trivial, "", trivial.split()[-1]])

@@ -31,6 +31,10 @@ def test_smoke_preset_writes_finite_results(table, tmp_path):
             river = summary["settings"][setting["name"]]["river"]
             assert set(river) == {"arf", "logistic"}
             assert all(0.0 < a <= 1.0 for accs in river.values() for a in accs)
+            limits = setting.get("river_seeds") or {}
+            for model, accs in river.items():
+                assert len(accs) == limits.get(model, len(setting["seeds"]))
+            assert "River arf (seeds 0 only)" in table_md
         if setting["full"]:
             np.testing.assert_allclose(methods[setting["full"]]["R"], 1.0, atol=1e-12)
             np.testing.assert_allclose(methods[setting["floor"]]["R"], 0.0, atol=1e-12)
