@@ -3,11 +3,12 @@
 
 import json
 import math
+import types
 
 import numpy as np
 import pytest
 
-from experiments import rtrl_immediate
+from experiments import online_study, rtrl_immediate
 from experiments.configs import rtrl_immediate as presets
 
 
@@ -118,3 +119,31 @@ def test_pretraining_is_saved_without_pickle_and_used(tmp_path):
     np.testing.assert_array_equal(saved["W_rec_B"], 0.0)  # adapters untouched by pretraining
     methods = summary["settings"][config.settings[0]["name"]]["methods"]
     assert methods["frozen"]["post"] != methods["full fine-tuning + Adam"]["post"]
+
+
+def test_river_baselines_resume_per_seed_and_respect_the_seed_limit(tmp_path, monkeypatch):
+    """A run killed after one ARF stream keeps it: the next call computes only what is missing."""
+    calls = []
+
+    def fake(task, seeds, models, **options):
+        calls.append((models[0], seeds[0]))
+        return {models[0]: [0.5 + 0.01 * seeds[0]]}
+
+    monkeypatch.setattr(online_study.streams_lib, "river_baselines", fake)
+    runner_ = types.SimpleNamespace(workdir=tmp_path, writer=True)
+    setting = {
+        "name": "hyperplane",
+        "task": "hyperplane",
+        "task_options": {},
+        "seeds": [3, 4, 5],
+        "river_baselines": ["arf", "logistic"],
+        "river_seeds": {"arf": 2},
+    }
+    path = tmp_path / "river_hyperplane.json"
+    path.write_text(json.dumps({"arf": [0.53]}))  # seed 3's ARF done before the interruption
+    out = online_study.river_baselines({}, setting, runner_)
+    assert calls == [("arf", 4), ("logistic", 3), ("logistic", 4), ("logistic", 5)]
+    assert out == {"arf": [0.53, 0.54], "logistic": [0.53, 0.54, 0.55]}
+    assert json.loads(path.read_text()) == out
+    calls.clear()
+    assert online_study.river_baselines({}, setting, runner_) == out and not calls
