@@ -71,8 +71,9 @@ class DepthStudy:
     def evaluate(self, params, split: str, cap: int) -> np.ndarray:
         """Bits per byte of every lane's params on the (capped) split, read in order."""
         streams, n_scored = self.streams(split, cap)
-        ev, activation = self.config.eval, self.config.model.activation
-        sums = self._eval(params, jnp.asarray(streams), ev.window, activation)
+        ev = self.config.eval  # the whole architecture: norm, block, head_input, embedding too
+        arch = lru_local.Config.from_mapping(self.config.model.to_dict())
+        sums = self._eval(params, jnp.asarray(streams), ev.window, arch)
         return np.asarray(jax.device_get(sums), np.float64).sum(-1) / n_scored / math.log(2.0)
 
     def make_run(self, kind: str, trainer_name: str, depth: int, lanes: list[dict], steps: int):

@@ -19,7 +19,7 @@ from lru_local.reference import local_grads_autodiff, local_grads_jvp
 def apply(params: dict, tokens: jax.Array, cfg: Config) -> jax.Array:
     """Next-byte logits: tokens int [B, T] -> logits [B, T-1, vocab] predicting tokens[:, 1:]."""
     validation.check_sequence_call(params, tokens, cfg)
-    return _apply_jit(params, tokens, cfg.activation)
+    return _apply_jit(params, tokens, cfg)
 
 
 _apply_jit = jax.jit(model.logits, static_argnums=2)

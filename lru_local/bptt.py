@@ -11,17 +11,21 @@ from lru_local import model, validation
 from lru_local.config import Config
 
 
-def task_loss_bptt(params: dict, tokens: jax.Array, activation: str = "none") -> jax.Array:
-    """Mean next-byte CE in nats of the full stack (gradients flow through depth and time)."""
-    ys, _, _ = model.stack_forward(params, tokens[:, :-1], local=False, activation=activation)
-    return jnp.mean(model.task_loss(params["decoder"], ys[-1], tokens[:, 1:]))
+def task_loss_bptt(params: dict, tokens: jax.Array, arch: Config | str = "none") -> jax.Array:
+    """Mean next-byte CE in nats of the full stack (gradients flow through depth and time).
+
+    arch: a Config or Config.activation (the post's block)."""
+    ys, us, _ = model.stack_forward(params, tokens[:, :-1], local=False, arch=arch)
+    features = model.top_features(ys, us, arch)
+    return jnp.mean(model.task_loss(params["decoder"], features, tokens[:, 1:]))
 
 
 def bptt_grads(params: dict, tokens: jax.Array, cfg: Config):
     """(loss, grads) = jax.value_and_grad of the end-to-end task CE (parallel associative scan).
 
     tokens int [B, T]; loss is the mean CE over B·(T-1) predictions in nats; grads has the
-    structure of params (embed and the hidden heads g^ℓ get zeros: E is frozen, g^ℓ unused).
+    structure of params (the hidden heads g^ℓ get zeros, they are unused; embed gets zeros if
+    cfg.embedding is "frozen", its real gradient if "learned").
     """
     validation.check_sequence_call(params, tokens, cfg)
     return _bptt_jit(params, tokens, cfg)
@@ -29,7 +33,7 @@ def bptt_grads(params: dict, tokens: jax.Array, cfg: Config):
 
 @jax.jit(static_argnames="cfg")
 def _bptt_jit(params, tokens, cfg):
-    return jax.value_and_grad(task_loss_bptt)(params, tokens, cfg.activation)
+    return jax.value_and_grad(task_loss_bptt)(params, tokens, cfg)
 
 
 def bits_per_byte(ce_nats):

@@ -38,7 +38,7 @@ NAMES = ("bptt", "local", "tbptt", "online")
 
 
 class RuleOutput(NamedTuple):
-    grads: dict  # like params (embed: zeros, E is frozen)
+    grads: dict  # like params (embed: zeros if E is frozen)
     loss: jax.Array  # [] next-byte CE in nats
     layer_losses: jax.Array  # [L] (local, online) or [1] (bptt, tbptt)
 
@@ -60,13 +60,16 @@ class OnlineState(NamedTuple):
     layers: list  # per layer a eligibility.LayerTrace with B rows
 
 
-def window_task_loss(params: dict, tokens: jax.Array, s_init: list, activation: str = "none"):
-    """Mean CE of tokens [B, w+1] with the states before it s_init (stop-gradded): (CE, s_last)."""
+def window_task_loss(params: dict, tokens: jax.Array, s_init: list, arch="none"):
+    """Mean CE of tokens [B, w+1] with the states before it s_init (stop-gradded): (CE, s_last).
+
+    arch: a Config or Config.activation."""
     s_init = jax.lax.stop_gradient(s_init)
-    ys, _, s_last = model.stack_forward(
-        params, tokens[:, :-1], local=False, s_init=s_init, activation=activation
+    ys, us, s_last = model.stack_forward(
+        params, tokens[:, :-1], local=False, s_init=s_init, arch=arch
     )
-    return jnp.mean(model.task_loss(params["decoder"], ys[-1], tokens[:, 1:])), s_last
+    features = model.top_features(ys, us, arch)
+    return jnp.mean(model.task_loss(params["decoder"], features, tokens[:, 1:])), s_last
 
 
 def zero_states(params: dict, batch: int) -> list:
@@ -90,7 +93,7 @@ def tbptt_grads(params: dict, tokens: jax.Array, cfg: Config, window: int):
     def body(carry, j):
         states, loss_sum, grad_sum = carry
         x = jax.lax.dynamic_slice_in_dim(tokens, j * window, window + 1, axis=1)
-        (loss, states), grads = grad_fn(params, x, states, cfg.activation)
+        (loss, states), grads = grad_fn(params, x, states, cfg)
         grad_sum = jax.tree_util.tree_map(jnp.add, grad_sum, grads)
         return (states, loss_sum + loss, grad_sum), None
 
@@ -111,7 +114,7 @@ def check_divides(name: str, value, length: int) -> None:
 
 def bptt(cfg: Config) -> Rule:
     def step(params, state, tokens):
-        loss, grads = jax.value_and_grad(task_loss_bptt)(params, tokens, cfg.activation)
+        loss, grads = jax.value_and_grad(task_loss_bptt)(params, tokens, cfg)
         return state, RuleOutput(grads, loss, loss[None])
 
     return Rule("bptt", lambda key, params: (), step)
@@ -150,8 +153,7 @@ def online(cfg: Config, every: int, batch: int) -> Rule:
         raise ValueError(f"online needs batch=<number of streams B>, a positive int; got {batch!r}")
 
     def init(key, params):
-        dtype = params["embed"].dtype
-        layers = [eligibility.TRACE_ENGINE.init(batch, cfg, dtype) for _ in range(cfg.depth)]
+        layers = eligibility.init_layer_states(batch, cfg, params["embed"].dtype)
         return OnlineState(jnp.asarray(key), jnp.int32(0), layers)
 
     def step(params, state, tokens):
@@ -166,7 +168,7 @@ def online(cfg: Config, every: int, batch: int) -> Rule:
             tokens[:, 1:].T,
             noise,
             weights,
-            activation=cfg.activation,
+            arch=cfg,
         )
         out = RuleOutput(grads, losses[-1], losses)
         return OnlineState(state.key, state.t + every, layers), out

@@ -21,6 +21,25 @@ _LAYER_SHAPES = {
     "C_im": lambda c: (c.d_model, c.d_state),
     "D": lambda c: (c.d_model,),
 }
+# Leaves that exist only under an option: (Config field, value) -> {leaf: shape}.
+_OPTIONAL_LAYER_SHAPES = {
+    ("gamma", "trainable"): {"gamma_log": lambda c: (c.d_state,)},
+    ("block", "lru_glu"): {
+        "W1": lambda c: (c.d_model, c.d_model),
+        "b1": lambda c: (c.d_model,),
+        "W2": lambda c: (c.d_model, c.d_model),
+        "b2": lambda c: (c.d_model,),
+    },
+}
+
+
+def layer_shapes(cfg: Config) -> dict:
+    """{leaf name: shape} of one layer's parameters under cfg."""
+    shapes = dict(_LAYER_SHAPES)
+    for (field, value), extra in _OPTIONAL_LAYER_SHAPES.items():
+        if getattr(cfg, field) == value:
+            shapes.update(extra)
+    return {name: shape(cfg) for name, shape in shapes.items()}
 
 
 def _is_concrete(x) -> bool:
@@ -84,8 +103,8 @@ def check_params(params, cfg: Config) -> None:
         )
     expected = {"embed": (V, H), "decoder/W": (H, V), "decoder/b": (V,)}
     for ell in range(L):
-        for name, shape in _LAYER_SHAPES.items():
-            expected[f"layers/{ell}/{name}"] = shape(cfg)
+        for name, shape in layer_shapes(cfg).items():
+            expected[f"layers/{ell}/{name}"] = shape
     for ell in range(L - 1):
         expected[f"heads/{ell}/W"] = (H, H)
         expected[f"heads/{ell}/b"] = (H,)
@@ -95,8 +114,9 @@ def check_params(params, cfg: Config) -> None:
     }
     if set(flat) != set(expected):
         raise ValueError(
-            f"params leaves {sorted(set(flat) ^ set(expected))} do not match cfg; "
-            "re-create params with lru_local.init(key, cfg)"
+            f"params leaves {sorted(set(flat) ^ set(expected))} do not match cfg "
+            f"(block={cfg.block!r}, gamma={cfg.gamma!r}); re-create params with "
+            "lru_local.init(key, cfg)"
         )
     dtypes = {jnp.dtype(leaf.dtype) for leaf in flat.values()}
     if len(dtypes) != 1 or not jnp.issubdtype(next(iter(dtypes)), jnp.floating):
