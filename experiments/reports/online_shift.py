@@ -665,6 +665,9 @@ def setting_table(config, setting, chosen, per_method, river=None) -> str:
             seeds = list(setting.get("seeds") or config.seeds)
             for model, accuracies in (river or {}).items():
                 label = f"River {model}"
+                if not accuracies:
+                    rows.append([f"{label} (not run)", "–", "", papers.get(model, "")])
+                    continue
                 if len(accuracies) < len(seeds):
                     label += f" (seeds {', '.join(map(str, seeds[: len(accuracies)]))} only)"
                 rows.append([label, _mean_sd(accuracies), "", papers.get(model, "")])
