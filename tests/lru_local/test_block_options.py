@@ -13,7 +13,7 @@ import pytest
 
 import lru_local
 from lru_local import bptt, config, model, reference, training
-from tests.lru_local.compare import max_relative_errors
+from tests.lru_local.compare import check_central_differences, max_relative_errors, online_sums
 
 FAIR = dict(norm="layer", block="lru_glu", head_input="stream", embedding="learned")
 ALL = dict(FAIR, gamma="trainable")
@@ -93,32 +93,16 @@ def test_central_finite_differences_with_every_option():
         return jnp.stack([*hidden, task])
 
     per_layer = jax.jit(losses)
-    rng = np.random.default_rng(0)
-    h = 1e-6
-    flat_params = dict(jax.tree_util.tree_flatten_with_path(params)[0])
-    checked = set()
-    for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
-        name = jax.tree_util.keystr(path)
+
+    def layer_of(path):  # E belongs to layer 1's loss, the decoder to the top layer's
         group = path[0].key
         if group in ("layers", "heads"):
-            layer = path[1].idx
-        else:  # E belongs to layer 1's loss, the decoder to the top layer's
-            layer = 0 if group == "embed" else cfg.depth - 1
-        g = np.asarray(g)
-        candidates = np.flatnonzero(np.abs(g) >= 1e-3 * np.max(np.abs(g)))
-        for flat_index in rng.choice(candidates, size=min(2, candidates.size), replace=False):
-            index = np.unravel_index(flat_index, g.shape)
-            leaf = flat_params[path]
+            return path[1].idx
+        return 0 if group == "embed" else cfg.depth - 1
 
-            def loss_at(offset, path=path, leaf=leaf, index=index, layer=layer):
-                shifted = jax.tree_util.tree_map_with_path(
-                    lambda p, x: leaf.at[index].add(offset) if p == path else x, params
-                )
-                return float(per_layer(shifted)[layer])
-
-            fd = (loss_at(h) - loss_at(-h)) / (2 * h)
-            assert abs(fd - g[index]) <= 1e-5 * abs(g[index]) + 1e-9, (name, index, fd, g[index])
-        checked.add(path[-1].key if group == "layers" else group)
+    checked = check_central_differences(
+        params, grads, per_layer, layer_of, rng=np.random.default_rng(0), samples=2, atol=1e-9
+    )
     expected = {"nu_log", "theta", "B_re", "B_im", "C_re", "C_im", "D", "embed", "heads"}
     if cfg.block == "lru_glu":
         expected |= {"W1", "b1", "W2", "b2"}
@@ -130,23 +114,8 @@ def test_central_finite_differences_with_every_option():
 def test_online_steps_sum_to_local_grads():
     cfg, params, tokens, key = _problem(ALL, 2, 4, 3, 2, 8, 11)
     losses, grads = lru_local.local_grads(params, tokens, key, cfg)
-    steps = tokens.shape[1] - 1
-    carry = lru_local.online_init(params, tokens.shape[0], cfg)
+    loss_sum, grad_sum, carry = online_sums(params, tokens, key, cfg)
     assert carry[0].c.shape == (cfg.d_state, 2, cfg.vocab) and carry[1].c is None
-    loss_sum = jnp.zeros((cfg.depth,))
-    grad_sum = jax.tree_util.tree_map(jnp.zeros_like, params)
-    for t in range(steps):
-        carry, step_losses, step_grads = lru_local.online_step(
-            params,
-            carry,
-            tokens[:, t],
-            tokens[:, t + 1],
-            jax.random.fold_in(key, t),
-            cfg,
-            loss_scale=1.0 / steps,
-        )
-        loss_sum = loss_sum + step_losses
-        grad_sum = jax.tree_util.tree_map(jnp.add, grad_sum, step_grads)
     np.testing.assert_allclose(loss_sum, losses, rtol=1e-12)
     for name, err in max_relative_errors(grad_sum, grads).items():
         assert err <= 1e-12, f"{name}: {err:.2e}"

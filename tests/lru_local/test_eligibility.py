@@ -10,7 +10,7 @@ import pytest
 
 import lru_local
 from lru_local import eligibility
-from tests.lru_local.compare import cosines, max_relative_errors
+from tests.lru_local.compare import cosines, max_relative_errors, online_sums
 
 # (depth, d_model, d_state, batch, length, seed): several random sizes and seeds per depth.
 CASES = [
@@ -78,22 +78,7 @@ def test_trace_engine_matches_autodiff_float32_cosine():
 def test_local_grads_is_sum_of_online_steps():
     cfg, params, tokens, key = _problem(3, 6, 5, 2, 10, 8)
     losses, grads = lru_local.local_grads(params, tokens, key, cfg)
-    steps = tokens.shape[1] - 1
-    carry = lru_local.online_init(params, tokens.shape[0], cfg)
-    loss_sum = jnp.zeros((cfg.depth,))
-    grad_sum = jax.tree_util.tree_map(jnp.zeros_like, params)
-    for t in range(steps):
-        carry, step_losses, step_grads = lru_local.online_step(
-            params,
-            carry,
-            tokens[:, t],
-            tokens[:, t + 1],
-            jax.random.fold_in(key, t),
-            cfg,
-            loss_scale=1.0 / steps,
-        )
-        loss_sum = loss_sum + step_losses
-        grad_sum = jax.tree_util.tree_map(jnp.add, grad_sum, step_grads)
+    loss_sum, grad_sum, _ = online_sums(params, tokens, key, cfg)
     np.testing.assert_allclose(loss_sum, losses, rtol=1e-12)
     for name, err in max_relative_errors(grad_sum, grads).items():
         assert err <= 1e-12, f"{name}: {err:.2e}"

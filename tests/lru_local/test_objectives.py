@@ -8,7 +8,7 @@ import pytest
 
 import lru_local
 from lru_local import eligibility, model, reference
-from tests.lru_local.compare import max_relative_errors
+from tests.lru_local.compare import check_central_differences, max_relative_errors
 
 
 def _setup(depth, d_model, d_state, batch, length, seed, activation="none"):
@@ -28,31 +28,15 @@ def test_central_finite_differences_every_parameter_kind(length, activation):
     _, grads = lru_local.local_grads(params, tokens, key, cfg)
     noise = reference._all_noise(key, 2, length - 1, cfg, jnp.float64)
     per_layer_losses = jax.jit(lambda p: reference.local_objective(p, tokens, noise, activation)[1])
-    rng = np.random.default_rng(length)
-    h = 1e-6
-    checked = set()
-    flat_params = dict(jax.tree_util.tree_flatten_with_path(params)[0])
-    for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
-        name = jax.tree_util.keystr(path)
-        if name == "['embed']":
-            continue
-        layer = path[1].idx if name.startswith(("['layers']", "['heads']")) else cfg.depth - 1
-        g = np.asarray(g)
-        candidates = np.flatnonzero(np.abs(g) >= 1e-3 * np.max(np.abs(g)))
-        for flat_index in rng.choice(candidates, size=min(3, candidates.size), replace=False):
-            index = np.unravel_index(flat_index, g.shape)
-            leaf = flat_params[path]
 
-            def loss_at(offset, path=path, leaf=leaf, index=index, layer=layer):
-                shifted = jax.tree_util.tree_map_with_path(
-                    lambda p, x: leaf.at[index].add(offset) if p == path else x, params
-                )
-                return float(per_layer_losses(shifted)[layer])
+    def layer_of(path):
+        if path[0].key == "embed":
+            return None
+        return path[1].idx if path[0].key in ("layers", "heads") else cfg.depth - 1
 
-            fd = (loss_at(h) - loss_at(-h)) / (2 * h)
-            assert abs(fd - g[index]) <= 1e-5 * abs(g[index]), (name, index, fd, g[index])
-        group = path[0].key
-        checked.add(path[-1].key if group == "layers" else group)
+    checked = check_central_differences(
+        params, grads, per_layer_losses, layer_of, rng=np.random.default_rng(length), samples=3
+    )
     assert {"nu_log", "theta", "B_re", "B_im", "C_re", "C_im", "D", "heads", "decoder"} <= checked
 
 
