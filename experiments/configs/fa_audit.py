@@ -30,6 +30,8 @@ under DFA, SB and CB, so it does not depend on the method).
 
 import ml_collections
 
+from experiments.configs import unique_runs
+
 SEEDS = (42, 123, 456)
 AUDIT_METHODS = ("bp", "ep", "dfa", "credit_bridge", "state_bridge")
 ARCHS = {
@@ -113,20 +115,11 @@ TABLES = {
 }
 
 
-def _unique(runs):
-    seen, out = set(), []
-    for run in runs:
-        if run["id"] not in seen:
-            seen.add(run["id"])
-            out.append(run)
-    return out
-
-
 def _smoke_all():
     """One run of every kind, for the test suite: the audit's five methods, a penalised DFA and
     BP, DFA on StudentNet and SmallCNN, and each architecture's frozen baseline."""
     runs = _audit() + _controls(lams=(1e-2,)) + _cross_arch(("student", "cnn"), ("dfa",))
-    return _unique(runs)
+    return unique_runs(runs)
 
 
 def get_config(arg: str = "audit") -> ml_collections.ConfigDict:
@@ -142,7 +135,7 @@ def get_config(arg: str = "audit") -> ml_collections.ConfigDict:
         runs = _smoke_all()
         config.dataset = "fashion_mnist"
     elif name == "paper":
-        runs = _unique(_audit() + _controls() + _cross_arch())
+        runs = unique_runs(_audit() + _controls() + _cross_arch())
         title, epochs, tables = (
             "The paper's schedule on CIFAR-10: every table",
             100,

@@ -48,6 +48,8 @@ average class-incremental accuracy over the 5 tasks after the last one.
 
 import ml_collections
 
+from experiments.configs import unique_runs
+
 SEEDS = (42, 43, 44)
 PAPER_SEEDS = (42, 43, 44, 45, 46)
 HEADS = 12
@@ -140,7 +142,7 @@ def _smoke_runs():
     runs += _table11(
         ("random", "fisher_top", "entropy_bottom"), (("fisher_bottom", 1), ("fisher_top", 2))
     )
-    return _unique(runs)
+    return unique_runs(runs)
 
 
 # Table 11 has 13 conditions (39 lanes) to Table 10's 5: a smaller slice of each class keeps it
@@ -148,17 +150,8 @@ def _smoke_runs():
 CPU_SCHEDULES = {"table11": {"train_per_class": 400, "eval_per_task": 200}}
 
 
-def _unique(runs):
-    seen, out = set(), []
-    for run in runs:
-        if run["id"] not in seen:
-            seen.add(run["id"])
-            out.append(run)
-    return out
-
-
 def _all(build):
-    return _unique(sum((build(name)() for name in PRESETS), []))
+    return unique_runs(sum((build(name)() for name in PRESETS), []))
 
 
 def get_config(arg: str = "table10") -> ml_collections.ConfigDict:
