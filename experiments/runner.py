@@ -24,6 +24,11 @@ cut to its checkpointed length. A finished run's `finish(state, records, diverge
 in the checkpoint (and its records in runs/<id>.npz), so `run` returns it without computing; a
 finished study (summary.json with finished = true and the same config) re-prints its table. A
 checkpoint or config.json of another config is refused.
+
+The finished runs also go to a small ledger, runs/done.json (their results, the metrics.jsonl
+length after them, elapsed seconds). The checkpoint holds full states and is not committed; the
+ledger and runs/ are, so a workdir whose checkpoint is gone (deleted, or a fresh clone) resumes
+after its last finished run instead of starting over; only the run then in progress is redone.
 """
 
 from __future__ import annotations
@@ -149,6 +154,7 @@ class Runner:
         self.workdir = Path(workdir)
         self.ckpt_dir = self.workdir / "checkpoint"
         self.runs_dir = self.workdir / "runs"
+        self.ledger_path = self.runs_dir / "done.json"
         self.metrics_path = self.workdir / "metrics.jsonl"
         self.devices = list(devices if devices is not None else jax.devices())
         self.mesh = Mesh(np.asarray(self.devices), ("lanes",))
@@ -180,7 +186,16 @@ class Runner:
                 f"{self.workdir} holds a run of another config; use another --workdir or delete it"
             )
         latest = checkpoint.load_latest(self.ckpt_dir)
-        if latest is None:
+        ledger = self._ledger()
+        if latest is None and ledger is not None:
+            self.meta = {**ledger, "config": self.config, "current": None}
+            print(
+                f"resuming from {self.ledger_path.relative_to(self.workdir)} (no checkpoint): "
+                f"{len(ledger['done'])} runs done",
+                flush=True,
+            )
+            self._truncate_metrics(ledger["metrics_lines"])
+        elif latest is None:
             if self.writer and self.metrics_path.exists():
                 self.metrics_path.unlink()
         else:
@@ -302,7 +317,22 @@ class Runner:
         self.meta["current"] = None
         self._arrays = None
         self._save()
+        if self.writer:
+            ledger = {k: self.meta[k] for k in ("config", "done", "metrics_lines", "elapsed_s")}
+            results.write_json(self.ledger_path, ledger)
         return self.meta["done"][run.id]
+
+    def _ledger(self) -> dict | None:
+        """runs/done.json if it was written under this config (see the module docstring)."""
+        if not self.ledger_path.exists():
+            return None
+        ledger = json.loads(self.ledger_path.read_text())
+        if ledger.get("config") != self.config:
+            raise ValueError(
+                f"{self.ledger_path} was written by another config; use another --workdir or "
+                f"delete {self.runs_dir} to start over"
+            )
+        return ledger
 
     def _record_template(self, run: Run, state) -> dict:
         """Zero-filled records of the run's shapes (from jax.eval_shape of one lane's chunk)."""

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,6 +88,42 @@ def test_finished_study_reprints_without_training(uninterrupted, capsys, monkeyp
     monkeypatch.setattr(runner_lib.Runner, "run", lambda *a: pytest.fail("trained again"))
     assert toy_study.run(toy_study.get_config(), workdir) == summary
     assert "| 0.1 |" in capsys.readouterr().out
+
+
+def test_lost_checkpoint_resumes_after_the_finished_runs(uninterrupted, tmp_path, capsys):
+    """runs/done.json carries the finished runs when checkpoint/ is gone (e.g. a fresh clone)."""
+    full_dir, full = uninterrupted
+    workdir = tmp_path / "lost"
+    config = toy_study.get_config()
+    runner = runner_lib.Runner(config.to_dict(), workdir)
+    runner.start()
+    probe_lanes = [{"seed": s, "lr": lr} for lr in config.lrs for s in config.seeds[:2]]
+    runner.run(toy_study._run(config, "probe", probe_lanes, "record"))
+    assert set(json.loads((workdir / "runs" / "done.json").read_text())["done"]) == {"probe"}
+    shutil.rmtree(workdir / "checkpoint")
+    trained = []
+    original = runner_lib.Runner._program
+
+    def program(self, run, *a):
+        trained.append(run.id)
+        return original(self, run, *a)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner_lib.Runner, "_program", program)
+        resumed = toy_study.run(config, workdir)
+    assert "resuming from runs/done.json (no checkpoint): 1 runs done" in capsys.readouterr().out
+    assert set(trained) == {"train"}
+    assert _strip(resumed) == _strip(full)
+    lines = lambda path: path.read_text().splitlines()  # noqa: E731
+    assert lines(workdir / "metrics.jsonl") == lines(full_dir / "metrics.jsonl")
+    ledger = json.loads((workdir / "runs" / "done.json").read_text())
+    assert set(ledger["done"]) == {"probe", "train"}
+    ledger["config"]["steps"] = 31
+    (workdir / "runs" / "done.json").write_text(json.dumps(ledger))
+    shutil.rmtree(workdir / "checkpoint")
+    (workdir / "config.json").unlink()
+    with pytest.raises(ValueError, match="runs/done.json was written by another config"):
+        runner_lib.Runner(config.to_dict(), workdir).start()
 
 
 def test_another_config_is_refused(uninterrupted, tmp_path):
