@@ -3,7 +3,9 @@
     state = rule.init(key, params)
     state, out = rule.step(params, state, *batch)      # out.grads like params, out.loss []
 
-Libraries: rtrl (algorithms), lru_local (rules), fa_audit (credit methods). Checks per rule: the
+Libraries: rtrl (algorithms, and head_transport's rule, detach with a random selection and zero with
+a fixed one: its condition is a `transport_spec` bound at init), lru_local (rules), fa_audit (credit
+methods). Checks per rule: the
 gradient pytree has the parameters' structure, shapes and dtypes; loss and
 gradients are finite; a jitted step traces once over several calls; `jax.vmap` over seeds equals
 a Python loop over seeds (float64). A rule added to a registry without an entry here fails
@@ -23,6 +25,7 @@ import rtrl
 from fa_audit import models as fa_models
 from fa_audit import rules as fa_rules
 from lru_local import rules as lru_rules
+from rtrl import head_transport as heads
 from rtrl import online, optimizers
 
 N_IN, N_HIDDEN, N_OUT, T = 3, 8, 2, 4
@@ -102,21 +105,58 @@ def _fa_case(name):
     return rule, make
 
 
+HEAD_OPTIONS = {"detach/random": ("detach", "random"), "zero/fisher_top": ("zero", "fisher_top")}
+HEAD_MODEL = heads.ViT(image=(4, 4, 1), patch=2, embed=8, heads=4, depth=2, mlp=8, classes=3)
+
+
+class _BoundSpec:
+    """head_transport's rule with its condition bound, in the contract's init(key, params)."""
+
+    def __init__(self, variant, selection):
+        self.rule = heads.head_transport(HEAD_MODEL)
+        self.spec = heads.transport_spec(HEAD_MODEL.heads, 2, variant, selection)
+        self.step = self.rule.step
+
+    def init(self, key, params):
+        state = self.rule.init(key, params, self.spec)
+        x = jax.random.normal(jax.random.fold_in(key, 1), (2, 4, 4, 4, 1), params["ln"]["g"].dtype)
+        y = jax.random.randint(jax.random.fold_in(key, 2), (2, 4), 0, 3)
+        return self.rule.select(state, heads.head_scores(HEAD_MODEL, params, x, y))
+
+
+def _heads_case(name):
+    rule = _BoundSpec(*HEAD_OPTIONS[name])
+
+    def make(seed):
+        key = jax.random.key(seed)
+        params = HEAD_MODEL.init(jax.random.fold_in(key, 0), jnp.float64)
+        x = jax.random.normal(jax.random.fold_in(key, 1), (T, 4, 4, 4, 1), jnp.float64)
+        labels = jax.random.randint(jax.random.fold_in(key, 2), (T, 4), 0, 3)
+        state = rule.init(jax.random.fold_in(key, 3), params)
+        return params, state, [(x[t], labels[t]) for t in range(T)]
+
+    return rule, make
+
+
 CASES = (
     [("rtrl", n) for n in RTRL_OPTIONS]
     + [("lru_local", n) for n in LRU_OPTIONS]
     + [("fa_audit", n) for n in FA_OPTIONS]
+    + [("head_transport", n) for n in HEAD_OPTIONS]
 )
 
 
 def _case(library, name):
-    return {"rtrl": _rtrl_case, "lru_local": _lru_case, "fa_audit": _fa_case}[library](name)
+    cases = {"rtrl": _rtrl_case, "lru_local": _lru_case, "fa_audit": _fa_case}
+    return {**cases, "head_transport": _heads_case}[library](name)
 
 
 def test_every_registered_rule_is_covered():
     assert set(RTRL_OPTIONS) == set(rtrl.algorithms.NAMES)
     assert set(LRU_OPTIONS) == set(lru_rules.NAMES)
     assert set(FA_OPTIONS) == set(fa_rules.RULES)
+    assert {v for v, _ in HEAD_OPTIONS.values()} == set(heads.VARIANTS)
+    assert {heads.get_selection(s).score is None for _, s in HEAD_OPTIONS.values()} == {True, False}
 
 
 @pytest.mark.parametrize("library,name", CASES)
