@@ -18,6 +18,8 @@ were upsampled to the 32 grid in the paper (App. D.2).
 
 from __future__ import annotations
 
+import dataclasses
+
 from ff.backbones import VGG, vgg8
 from ff.baselines import BPNet, Ensemble
 from ff.dtg import DTGNet
@@ -51,22 +53,28 @@ def backbone(**options) -> VGG:
     return vgg8(**options)
 
 
-def _split(options):
+def _split(options, model_class):
     bb = {k: v for k, v in options.items() if k in _BACKBONE_OPTIONS}
     rest = {k: v for k, v in options.items() if k not in _BACKBONE_OPTIONS}
+    known = {f.name for f in dataclasses.fields(model_class)} - {"backbone", "classes"}
+    if set(rest) - known:
+        raise ValueError(
+            f"unknown options {sorted(set(rest) - known)}; backbone options: "
+            f"{_BACKBONE_OPTIONS}, {model_class.__name__} options: {sorted(known)}"
+        )
     return backbone(**bb), rest
 
 
 def dtg_cnn(classes: int, **options) -> DTGNet:
     """DTG-FF on VGG8: T ∈ [0.5, 2], α = 0 at init, R_l, b_l ~ N(0, 1/K), concat classifier
     (BN → dropout 0.2 → linear, label smoothing 0.1) unless aggregation="logit_sum"."""
-    bb, rest = _split(options)
+    bb, rest = _split(options, DTGNet)
     return DTGNet(backbone=bb, classes=classes, **rest)
 
 
 def bp_cnn(classes: int, head: str = "single", checkpoint: bool = False, **options) -> BPNet:
     """BP (head="single") or BP-DeepSup (head="deepsup") on the DTG-CNN's backbone."""
-    bb, rest = _split(options)
+    bb, rest = _split(options, BPNet)
     return BPNet(backbone=bb, classes=classes, head=head, checkpoint=checkpoint, **rest)
 
 
