@@ -166,6 +166,15 @@ def bp_accumulate(model, micro_batches: int = 2) -> Rule:
     if micro_batches < 1:
         raise ValueError(f"micro_batches must be >= 1; got {micro_batches}")
     n = micro_batches
+    grad_fn = jax.value_and_grad(model.loss)
+
+    def body(carry, inputs):
+        # defined once per rule, so an eager step reuses the scan's trace
+        params, key, total, acc = carry
+        i, xb, yb = inputs
+        k = jax.random.fold_in(jax.random.wrap_key_data(key), i)
+        value, grads = grad_fn(params, xb, yb, k)
+        return (params, key, total + value, jax.tree.map(jnp.add, acc, grads)), None
 
     def init(key, params):
         return _key_state(key)
@@ -178,17 +187,9 @@ def bp_accumulate(model, micro_batches: int = 2) -> Rule:
             )
         xs = x.reshape(n, x.shape[0] // n, *x.shape[1:])
         ys = labels.reshape(n, -1)
-        key = step_key(state)
-        grad_fn = jax.value_and_grad(model.loss)
-
-        def body(carry, inputs):
-            i, xb, yb = inputs
-            value, grads = grad_fn(params, xb, yb, jax.random.fold_in(key, i))
-            total, acc = carry
-            return (total + value, jax.tree.map(jnp.add, acc, grads)), None
-
-        zero = (jnp.zeros((), _dtype(params)), jax.tree.map(jnp.zeros_like, params))
-        (total, acc), _ = jax.lax.scan(body, zero, (jnp.arange(n), xs, ys))
+        key = jax.random.key_data(step_key(state))
+        zero = (params, key, jnp.zeros((), _dtype(params)), jax.tree.map(jnp.zeros_like, params))
+        (_, _, total, acc), _ = jax.lax.scan(body, zero, (jnp.arange(n), xs, ys))
         grads = jax.tree.map(lambda g: g / n, acc)
         return state._replace(step=state.step + 1), StepOutput(grads, total / n)
 

@@ -5,8 +5,8 @@
 
 Libraries: rtrl (algorithms, and head_transport's rule, detach with a random selection and zero with
 a fixed one: its condition is a `transport_spec` bound at init), lru_local (rules), fa_audit (credit
-methods). Checks per rule: the
-gradient pytree has the parameters' structure, shapes and dtypes; loss and
+methods), ff (DTG-FF, FF-MLP, Hinton FF and the BP baselines, on tiny dense backbones). Checks
+per rule: the gradient pytree has the parameters' structure, shapes and dtypes; loss and
 gradients are finite; a jitted step traces once over several calls; `jax.vmap` over seeds equals
 a Python loop over seeds (float64). A rule added to a registry without an entry here fails
 `test_every_registered_rule_is_covered`. Then one cross-library pairing: rtrl's sparse RTRL
@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import ff
 import lru_local
 import rtrl
 from fa_audit import models as fa_models
@@ -138,23 +139,55 @@ def _heads_case(name):
     return rule, make
 
 
+FF_D_IN, FF_K = 5, 3
+_FF_DENSE = ff.backbones.Dense(FF_D_IN, (4, 4), interlayer_norm=True, dropout=0.1)
+FF_MODELS = {
+    "dtg_ff": lambda: ff.dtg.DTGNet(_FF_DENSE, FF_K, classifier_dropout=0.2),
+    "ff_mlp": lambda: ff.mlp.FFMLP(d_in=FF_D_IN, widths=(4, 4), classes=FF_K),
+    "hinton_ff": lambda: ff.mlp.hinton(FF_D_IN, (4, 4), FF_K),
+    "bp": lambda: ff.baselines.BPNet(_FF_DENSE, FF_K),
+    "bp_deepsup": lambda: ff.baselines.BPNet(_FF_DENSE, FF_K, head="deepsup"),
+    "bp_checkpoint": lambda: ff.baselines.BPNet(_FF_DENSE, FF_K),
+    "bp_accumulate": lambda: ff.baselines.BPNet(_FF_DENSE, FF_K, head="deepsup"),
+    "bp_ensemble": lambda: ff.baselines.Ensemble(ff.baselines.BPNet(_FF_DENSE, FF_K), 2),
+}
+FF_OPTIONS = {name: {} for name in FF_MODELS} | {"bp_accumulate": {"micro_batches": 2}}
+
+
+def _ff_case(name):
+    model = FF_MODELS[name]()
+    rule = ff.rules.get(name, model, **FF_OPTIONS[name])
+
+    def make(seed):
+        key = jax.random.key(seed)
+        params = model.init(jax.random.fold_in(key, 0), jnp.float64)
+        x = jax.random.normal(jax.random.fold_in(key, 1), (T, 4, FF_D_IN), jnp.float64)
+        labels = jax.random.randint(jax.random.fold_in(key, 2), (T, 4), 0, FF_K)
+        state = rule.init(jax.random.fold_in(key, 3), params)
+        return params, state, [(x[t], labels[t]) for t in range(T)]
+
+    return rule, make
+
+
 CASES = (
     [("rtrl", n) for n in RTRL_OPTIONS]
     + [("lru_local", n) for n in LRU_OPTIONS]
     + [("fa_audit", n) for n in FA_OPTIONS]
     + [("head_transport", n) for n in HEAD_OPTIONS]
+    + [("ff", n) for n in FF_OPTIONS]
 )
 
 
 def _case(library, name):
     cases = {"rtrl": _rtrl_case, "lru_local": _lru_case, "fa_audit": _fa_case}
-    return {**cases, "head_transport": _heads_case}[library](name)
+    return {**cases, "head_transport": _heads_case, "ff": _ff_case}[library](name)
 
 
 def test_every_registered_rule_is_covered():
     assert set(RTRL_OPTIONS) == set(rtrl.algorithms.NAMES)
     assert set(LRU_OPTIONS) == set(lru_rules.NAMES)
     assert set(FA_OPTIONS) == set(fa_rules.RULES)
+    assert set(FF_OPTIONS) == set(FF_MODELS) == set(ff.rules.RULES)
     assert {v for v, _ in HEAD_OPTIONS.values()} == set(heads.VARIANTS)
     assert {heads.get_selection(s).score is None for _, s in HEAD_OPTIONS.values()} == {True, False}
 
