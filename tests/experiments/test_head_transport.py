@@ -2,30 +2,18 @@
 (tables, summary, metrics and PNGs written and finite), resume after an interruption to the same
 numbers, every preset a valid config, bad configs refused with the fix named.
 
-The runs of one preset are the lanes of one program, so the cost here is mostly compilation; a
-persistent compilation cache (tmp dir, this module only) lets the interrupted and resumed runs
-reuse the smoke run's program."""
+The runs of one preset are the lanes of one program, so the cost here is mostly compilation; the
+session's compilation cache (tests/conftest.py) lets the interrupted and resumed runs reuse the
+smoke run's program."""
 
 import json
 import math
 
-import jax
 import numpy as np
 import pytest
 
 from experiments import head_transport, runner
 from experiments.configs import head_transport as presets
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(tmp_path_factory):
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-    old = {n: getattr(jax.config, n) for n in names}
-    jax.config.update(names[0], str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update(names[1], 0.0)
-    yield
-    for n, v in old.items():
-        jax.config.update(n, v)
 
 
 @pytest.fixture(scope="module")
