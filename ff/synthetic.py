@@ -44,14 +44,17 @@ class Task(NamedTuple):
 
 
 def init_teacher(key, classes: int, d_in: int = D_IN, hidden: int = HIDDEN, dtype=jnp.float32):
-    """[{"W", "b"}] × 3: d_in → hidden → hidden → K."""
+    """[{"W", "b"}] × 3: d_in → hidden → hidden → K. The three weight matrices are consecutive
+    slices of one standard-normal draw (one random program, cheap to compile), scaled per layer."""
     sizes = (d_in, hidden, hidden, classes)
-    keys = jax.random.split(key, 3)
-    layers = []
-    for l, k in enumerate(keys):
+    counts = [sizes[l] * sizes[l + 1] for l in range(3)]
+    flat = jax.random.normal(key, (sum(counts),), dtype)
+    layers, start = [], 0
+    for l in range(3):
         gain = 2.0 if l < 2 else 1.0
-        W = jax.random.normal(k, (sizes[l], sizes[l + 1]), dtype) * jnp.sqrt(gain / sizes[l])
-        layers.append({"W": W, "b": jnp.zeros((sizes[l + 1],), dtype)})
+        W = flat[start : start + counts[l]].reshape(sizes[l], sizes[l + 1])
+        start += counts[l]
+        layers.append({"W": W * jnp.sqrt(gain / sizes[l]), "b": jnp.zeros((sizes[l + 1],), dtype)})
     return layers
 
 
@@ -64,15 +67,22 @@ def teacher_logits(teacher, x):
     return h
 
 
-def make_task(key, classes: int, n_train=20_000, n_test=5_000, d_in=D_IN, dtype=jnp.float32):
+def make_task(
+    key, classes: int, n_train=20_000, n_test=5_000, d_in=D_IN, hidden=HIDDEN, dtype=jnp.float32
+):
     """A fresh teacher and its labelled Gaussian inputs (one seed's task)."""
     if classes < 2:
         raise ValueError(f"the teacher needs K >= 2 classes; got {classes}")
     kt, kx = jax.random.split(key)
-    teacher = init_teacher(kt, classes, d_in, dtype=dtype)
-    x = jax.random.normal(kx, (n_train + n_test, d_in), dtype)
-    y = jnp.argmax(teacher_logits(teacher, x), axis=-1).astype(jnp.int32)
+    x, y = sample(init_teacher(kt, classes, d_in, hidden, dtype), kx, n_train + n_test, d_in, dtype)
     return Task(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
+
+
+def sample(teacher, key, n: int, d_in: int = D_IN, dtype=jnp.float32):
+    """(x ~ N(0, I) [n, d_in], y = argmax teacher(x) [n] int32): make_task's inputs and labels
+    from its input key (jax.random.split(task key)[1]), for regenerating a task inside a program."""
+    x = jax.random.normal(key, (n, d_in), dtype)
+    return x, jnp.argmax(teacher_logits(teacher, x), axis=-1).astype(jnp.int32)
 
 
 def student_backbone(d_in=D_IN, width=STUDENT_WIDTH, depth=STUDENT_DEPTH) -> Dense:

@@ -47,17 +47,18 @@ def test_vgg8_shapes_and_concat_width_are_the_papers():
 def test_augmentation_is_a_pure_function_of_its_key():
     key = jax.random.key(0)
     x = jax.random.uniform(key, (3, 32, 32, 3))
-    a, b = augment.augment(key, x), augment.augment(key, x)
+    run = jax.jit(augment.augment)  # compiled once, called twice
+    a, b = run(key, x), run(key, x)
     np.testing.assert_array_equal(a, b)
     assert a.shape == x.shape and float(a.min()) >= 0 and float(a.max()) <= 1
     ones = jnp.ones((2, 32, 32, 1))
-    cut = augment.cutout(key, ones, 16)
+    cut = jax.jit(augment.cutout, static_argnums=2)(key, ones, 16)
     zeros = np.asarray((cut == 0).sum(axis=(1, 2, 3)))
     assert np.all(zeros <= 256) and np.all(zeros >= 64)  # a 16×16 square, clipped at borders
-    flipped = augment.random_flip(key, x)
+    flipped = jax.jit(augment.random_flip)(key, x)
     for i in range(3):
         assert np.array_equal(flipped[i], x[i]) or np.array_equal(flipped[i], x[i, :, ::-1])
-    crop = augment.random_crop(key, ones, 4)
+    crop = jax.jit(augment.random_crop, static_argnums=2)(key, ones, 4)
     assert crop.shape == ones.shape
     assert augment.scaled(28) == augment.AugmentConfig(pad=4, cutout=14)
     assert augment.scaled(32) == augment.AugmentConfig()
@@ -67,11 +68,20 @@ def test_augmentation_is_a_pure_function_of_its_key():
 
 
 def test_synthetic_task_labels_follow_the_teacher():
-    task = synthetic.make_task(jax.random.key(42), 5, n_train=200, n_test=50)
+    make = jax.jit(synthetic.make_task, static_argnums=(1, 2, 3))
+    task = make(jax.random.key(42), 5, 200, 50)
     assert task.x_train.shape == (200, 50) and task.x_test.shape == (50, 50)
     assert set(np.unique(task.y_train)) <= set(range(5))
-    again = synthetic.make_task(jax.random.key(42), 5, n_train=200, n_test=50)
+    again = make(jax.random.key(42), 5, 200, 50)
     np.testing.assert_array_equal(task.y_test, again.y_test)
+    # labels are the argmax of the teacher's logits; sample() regenerates make_task's split
+    kt, kx = jax.random.split(jax.random.key(42))
+    teacher = synthetic.init_teacher(kt, 5)
+    want = np.argmax(np.asarray(synthetic.teacher_logits(teacher, task.x_test)), axis=-1)
+    np.testing.assert_array_equal(task.y_test, want)
+    x, y = synthetic.sample(teacher, kx, 250)
+    np.testing.assert_array_equal(x[200:], task.x_test)
+    np.testing.assert_array_equal(y[200:], task.y_test)
 
 
 def test_bad_input_raises_naming_the_fix():

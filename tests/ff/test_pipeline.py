@@ -13,34 +13,33 @@ import numpy as np
 import optax
 import pytest
 
-from ff import baselines, cnn, pipeline, rules, synthetic
-
-K, B = 3, 4
-
-
-def _close(a, b, rtol=1e-12, atol=1e-14):
-    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(u, v, rtol=rtol, atol=atol)
+from ff import baselines, pipeline, rules, synthetic
+from ff.dtg import DTGNet
+from tests.ff.conftest import B, K
+from tests.ff.conftest import close as _close
 
 
 def _setup(model, seed=0):
     key = jax.random.key(seed)
-    params = jax.jit(model.init, static_argnums=1)(key, jnp.float64)
+    params = model.init(key, jnp.float64)
     rule = rules.get("dtg_ff", model)
-    state = jax.jit(rule.init)(jax.random.fold_in(key, 1), params)
+    state = rule.init(jax.random.fold_in(key, 1), params)
     x = jax.random.uniform(jax.random.fold_in(key, 2), (B, *model.backbone.input_shape))
     return rule, params, state, x.astype(jnp.float64), jnp.asarray([0, 1, 2, 1])
 
 
 def test_pipelined_step_is_the_joint_gradient_then_per_layer_updates():
-    model = cnn.dtg_cnn(K, widths=(3, 4, 5), pool_after=(0,), image=(4, 4), in_channels=2)
+    # every path of the pipeline on a cheap backbone: inter-layer LN and dropout in propagation
+    # (the rule and the schedules must draw the same masks), the concat classifier on layer 1
+    backbone = synthetic.Dense(5, (6, 6), interlayer_norm=True, dropout=0.1)
+    model = DTGNet(backbone, K, aggregation="concat")
     rule, params, state, x, y = _setup(model)
+    _, out = jax.jit(rule.step)(params, state, x, y)
     tx = pipeline.per_layer_adamw(1e-2, weight_decay=1e-3, steps=10)
     pipe = pipeline.make_pipeline(model, tx)
     opt = pipe.init(params)
     key = rules.step_key(state)
     got, _, losses, cls_loss = pipe.step(params, opt, state.readout, x, y, key)
-    _, out = jax.jit(rule.step)(params, state, x, y)
 
     @jax.jit
     def joint_update(grads):
@@ -63,19 +62,28 @@ def test_pipelined_step_is_the_joint_gradient_then_per_layer_updates():
 
 
 def test_naive_minus_pipelined_is_second_order_in_the_learning_rate():
-    model = synthetic.dtg_student(K, d_in=5, width=6, depth=3)
+    model = synthetic.dtg_student(K, d_in=5, width=6, depth=2)
     _, params, state, x, y = _setup(model, 3)
     key = rules.step_key(state)
+    # the learning rate lives in the optimizer state: one pipeline, compiled once, for both
+    pipe = pipeline.make_pipeline(model, optax.inject_hyperparams(optax.sgd)(learning_rate=0.0))
     diffs = []
     for lr in (1e-2, 1e-3):
-        pipe = pipeline.make_pipeline(model, optax.sgd(lr))
         opt = pipe.init(params)
+        opt = opt._replace(layers=[_with_lr(s, lr) for s in opt.layers])
         a = pipe.step(params, opt, state.readout, x, y, key)[0]
         b = pipe.naive_step(params, opt, state.readout, x, y, key)[0]
         np.testing.assert_array_equal(a["layers"][0]["W"], b["layers"][0]["W"])
+        assert np.max(np.abs(a["layers"][0]["W"] - params["layers"][0]["W"])) > 0  # it moved
         diffs.append(float(jnp.max(jnp.abs(a["layers"][1]["W"] - b["layers"][1]["W"]))))
     assert diffs[1] > 0
     assert 50 < diffs[0] / diffs[1] < 200, diffs  # O(lr²): ×100 for ×10 in lr
+
+
+def _with_lr(opt_state, lr):
+    old = opt_state.hyperparams["learning_rate"]
+    hyper = {**opt_state.hyperparams, "learning_rate": jnp.asarray(lr, old.dtype)}
+    return opt_state._replace(hyperparams=hyper)
 
 
 def test_compiled_memory_of_pipelined_layers_is_constant_in_depth_and_bp_grows():
@@ -88,7 +96,7 @@ def test_compiled_memory_of_pipelined_layers_is_constant_in_depth_and_bp_grows()
     assert len(mem) == 4 and all(m["total_bytes"] > 0 for m in mem)
     assert mem[1] == mem[2] == mem[3]  # equal-width layers: one layer's program, any depth
     totals = []
-    for depth in (2, 6):
+    for depth in (2, 4):
         net = baselines.BPNet(synthetic.Dense(8, (8,) * depth), K)
         rule = rules.get("bp", net)
         p = net.init(jax.random.key(0), jnp.float64)
