@@ -16,13 +16,14 @@ _OWNER = "CREDIT_TEST_JAX_CACHE" not in os.environ
 if _OWNER:
     os.environ["CREDIT_TEST_JAX_CACHE"] = tempfile.mkdtemp(prefix="credit-jax-cache-")
 os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["CREDIT_TEST_JAX_CACHE"]
-os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"
+MIN_COMPILE_S = 0.1  # programs that compile faster are not worth a cache entry
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(MIN_COMPILE_S)
 
 import jax  # noqa: E402  (after the cache's environment, which jax reads at import)
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_S)
 
 
 def pytest_unconfigure(config):
