@@ -24,13 +24,14 @@ alignment: install data
 	$(PY) -m experiments.gradient_alignment --config=experiments/configs/gradient_alignment.py:cpu
 
 test: install data
-	$(PY) -m pytest -n 2 tests
+	$(PY) -m pytest -n 2 --dist loadgroup tests
 
 bench: install data
 	$(PY) -m experiments.benchmarks.lru_local_grads
 	$(PY) -m experiments.benchmarks.enwik8_depth --memory
 	$(PY) -m experiments.benchmarks.rtrl_speed
 	$(PY) -m experiments.benchmarks.rtrl_cells
+	$(PY) -m experiments.benchmarks.ff_systems
 
 lint: install
 	ruff check . && ruff format --check .

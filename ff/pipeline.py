@@ -58,6 +58,7 @@ class Pipeline(NamedTuple):
     step: callable  # (params, opt, readout, x, labels, key) -> (params, opt, losses [L], cls [])
     naive_step: callable  # the same signature, post-step propagation
     layer_step: callable  # l -> jitted (θ_l, opt_l, readout_l, x̂_{l−1}, y, key) -> ...
+    naive_layer_step: callable  # l -> the naive schedule's layer program, the same signature
     classifier_step: callable  # jitted (θ_c, opt_c, features, y, key) -> (θ_c, opt_c, loss)
 
 
@@ -125,6 +126,7 @@ def make_pipeline(model: DTGNet, tx: optax.GradientTransformation) -> Pipeline:
         functools.partial(_run, pipelined),
         functools.partial(_run, naive),
         lambda l: pipelined[l],
+        lambda l: naive[l],
         classifier_step,
     )
 
@@ -156,13 +158,26 @@ def _shapes(tree):
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
 
 
-def pipeline_memory(pipeline: Pipeline, model: DTGNet, params, opt, readout, x, labels, key):
-    """[compiled_memory of layer l's pipelined program for l = 0 … L−1] on this batch's shapes;
-    the pipelined step's peak is the max over layers (one program runs at a time)."""
+def pipeline_memory(
+    pipeline: Pipeline, model: DTGNet, params, opt, readout, x, labels, key, naive=False
+):
+    """[compiled_memory of layer l's pipelined (naive=True: naive) program for l = 0 … L−1] on
+    this batch's shapes; the step's peak is the max over layers (one program runs at a time).
+    Each entry also holds the program's XLA cost-analysis "flops"."""
+    layer_step = pipeline.naive_layer_step if naive else pipeline.layer_step
     x_hat = jax.eval_shape(model.backbone.prepare, x)
     out = []
     for l in range(model.depth):
-        args = (params["layers"][l], opt.layers[l], readout[l], x_hat, labels, key)
-        out.append(compiled_memory(pipeline.layer_step(l), *_shapes(args)))
-        x_hat = jax.eval_shape(pipeline.layer_step(l), *_shapes(args))[2]
+        args = _shapes((params["layers"][l], opt.layers[l], readout[l], x_hat, labels, key))
+        memory = compiled_memory(layer_step(l), *args)
+        out.append({**memory, "flops": compiled_flops(layer_step(l), *args)})
+        x_hat = jax.eval_shape(layer_step(l), *args)[2]
     return out
+
+
+def compiled_flops(fn, *args) -> float:
+    """XLA's cost-analysis FLOPs of `jax.jit(fn)` on args (arrays or ShapeDtypeStruct); nan where
+    the backend gives none."""
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float((cost or {}).get("flops", float("nan")))

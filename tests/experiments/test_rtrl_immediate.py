@@ -12,12 +12,16 @@ from experiments import online_study, rtrl_immediate
 from experiments.configs import rtrl_immediate as presets
 
 
-@pytest.mark.parametrize("table", sorted(presets.TABLES))
-def test_smoke_preset_writes_finite_results(table, tmp_path):
+def _grouped(table):
+    return pytest.param(table, marks=pytest.mark.xdist_group(f"rtrl_immediate-{table}_smoke"))
+
+
+@pytest.mark.parametrize("table", [_grouped(t) for t in sorted(presets.TABLES)])
+def test_smoke_preset_writes_finite_results(table, smoke_run):
     if table == "streaming":
         pytest.importorskip("river", reason="the optional extra credit[streaming]")
     config = presets.get_config(f"{table}_smoke")
-    summary = rtrl_immediate.run(config, tmp_path)
+    summary, tmp_path = smoke_run(rtrl_immediate, presets, f"{table}_smoke")
     assert summary["finished"]
     table_md = (tmp_path / "table.md").read_text()
     for setting in config.settings:
@@ -45,11 +49,12 @@ def test_smoke_preset_writes_finite_results(table, tmp_path):
     assert rows and all(math.isfinite(v) for r in rows for v in r["loss"])
 
 
-def test_the_frozen_model_stops_learning_at_the_shift(tmp_path):
+@pytest.mark.xdist_group("rtrl_immediate-table1_smoke")
+def test_the_frozen_model_stops_learning_at_the_shift(smoke_run):
     """Frozen and full RTRL share every step before the shift (same program, same optimizer
     state), and the frozen model's post-shift gradient norms are those of fixed parameters."""
     config = presets.get_config("table1_smoke")
-    summary = rtrl_immediate.run(config, tmp_path)
+    summary, tmp_path = smoke_run(rtrl_immediate, presets, "table1_smoke")
     methods = summary["settings"][config.settings[0]["name"]]["methods"]
     np.testing.assert_allclose(
         methods["frozen at the shift"]["pre"], methods["full RTRL"]["pre"], rtol=1e-6
@@ -57,9 +62,10 @@ def test_the_frozen_model_stops_learning_at_the_shift(tmp_path):
     assert methods["frozen at the shift"]["post"] != methods["full RTRL"]["post"]
 
 
-def test_traces_probe_and_jacobian_statistics(tmp_path):
+@pytest.mark.xdist_group("rtrl_immediate-traces_smoke")
+def test_traces_probe_and_jacobian_statistics(smoke_run):
     config = presets.get_config("traces_smoke")
-    summary = rtrl_immediate.run(config, tmp_path)
+    summary, tmp_path = smoke_run(rtrl_immediate, presets, "traces_smoke")
     run = summary["settings"][config.settings[0]["name"]]["methods"][
         config.settings[0]["methods"][0]["label"]
     ]
@@ -111,9 +117,10 @@ def test_adapter_training_updates_only_the_adapters():
     np.testing.assert_allclose(y_lora, y_base, rtol=1e-6)
 
 
-def test_pretraining_is_saved_without_pickle_and_used(tmp_path):
+@pytest.mark.xdist_group("rtrl_immediate-lora_smoke")
+def test_pretraining_is_saved_without_pickle_and_used(smoke_run):
     config = presets.get_config("lora_smoke")
-    summary = rtrl_immediate.run(config, tmp_path)
+    summary, tmp_path = smoke_run(rtrl_immediate, presets, "lora_smoke")
     saved = np.load(tmp_path / "pretrained" / "s0.npz", allow_pickle=False)
     assert saved["W_rec"].shape[0] == len(config.settings[0]["seeds"])
     np.testing.assert_array_equal(saved["W_rec_B"], 0.0)  # adapters untouched by pretraining

@@ -14,10 +14,14 @@ from experiments import rtrl_sparse, runner
 from experiments.configs import rtrl_sparse as presets
 
 
-@pytest.mark.parametrize("table", sorted(presets.TABLES))
-def test_smoke_preset_writes_finite_results(table, tmp_path):
+def _grouped(table):
+    return pytest.param(table, marks=pytest.mark.xdist_group(f"rtrl_sparse-{table}_smoke"))
+
+
+@pytest.mark.parametrize("table", [_grouped(t) for t in sorted(presets.TABLES)])
+def test_smoke_preset_writes_finite_results(table, smoke_run):
     config = presets.get_config(f"{table}_smoke")
-    summary = rtrl_sparse.run(config, tmp_path)
+    summary, tmp_path = smoke_run(rtrl_sparse, presets, f"{table}_smoke")
     for name in ("config.json", "metrics.jsonl", "summary.json", "table.md"):
         assert (tmp_path / name).exists(), name
     assert summary["finished"]
@@ -41,11 +45,13 @@ def test_smoke_preset_writes_finite_results(table, tmp_path):
     assert rows and all(math.isfinite(v) for r in rows for v in r["loss"])
 
 
-def test_fisher_preset_shares_the_dense_phase(tmp_path):
+@pytest.mark.xdist_group("rtrl_sparse-fisher_smoke")
+def test_fisher_preset_shares_the_dense_phase(smoke_run):
     """Every method of the Fisher comparison is full RTRL until the shift: the same pre-shift
     losses and an exact gradient there (cosine 1 to the shadow), then different selections."""
     config = presets.get_config("fisher_smoke")
-    methods = rtrl_sparse.run(config, tmp_path)["settings"][config.settings[0]["name"]]["methods"]
+    summary, tmp_path = smoke_run(rtrl_sparse, presets, "fisher_smoke")
+    methods = summary["settings"][config.settings[0]["name"]]["methods"]
     pre = [np.asarray(run["pre"]) for run in methods.values()]
     for other in pre[1:]:
         np.testing.assert_allclose(other, pre[0], rtol=1e-6)
@@ -57,10 +63,11 @@ def test_fisher_preset_shares_the_dense_phase(tmp_path):
     assert "max_j F_j / min_j F_j" in (tmp_path / "table.md").read_text()
 
 
-def test_k_at_least_n_keeps_every_path_but_self_in_the_study(tmp_path):
+@pytest.mark.xdist_group("rtrl_sparse-table3_smoke")
+def test_k_at_least_n_keeps_every_path_but_self_in_the_study(smoke_run):
     """In the smoke table3 (n = 8), k = 8, 16, 32 all keep the paper's ring's 7 paths (every
     neighbour, never the self path): one algorithm, identical numbers, close to full RTRL."""
-    summary = rtrl_sparse.run(presets.get_config("table3_smoke"), tmp_path)
+    summary, tmp_path = smoke_run(rtrl_sparse, presets, "table3_smoke")
     methods = next(iter(summary["settings"].values()))["methods"]
     for label in ("k=16", "k=32"):
         np.testing.assert_array_equal(methods[label]["post"], methods["k=8"]["post"])
@@ -71,12 +78,14 @@ def test_k_at_least_n_keeps_every_path_but_self_in_the_study(tmp_path):
     assert rtrl_sparse.run(presets.get_config("table3_smoke"), tmp_path) == summary
 
 
-def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
+@pytest.mark.xdist_group("rtrl_sparse-table5_smoke")
+def test_resume_after_interruption_is_exact(tmp_path, monkeypatch, smoke_run):
+    """Interrupted and resumed, the table5 smoke gives the uninterrupted run's numbers."""
+    full, _ = smoke_run(rtrl_sparse, presets, "table5_smoke")
     config = presets.get_config("table5_smoke")
     with config.unlocked():  # a tuple in the config reads back from config.json as a list
         first = {**config.settings[0], "seeds": tuple(config.settings[0]["seeds"])}
         config.settings = [first, *config.settings[1:]]
-    full = rtrl_sparse.run(config, tmp_path / "full")
 
     calls = {"n": 0}
     real_save = runner.checkpoint.save
@@ -101,7 +110,8 @@ def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
             np.testing.assert_array_equal(got["pre"], run["pre"])
 
 
-def test_bad_presets_and_overrides_fail_clearly(tmp_path):
+@pytest.mark.xdist_group("rtrl_sparse-table3_smoke")
+def test_bad_presets_and_overrides_fail_clearly(tmp_path, smoke_run):
     with pytest.raises(ValueError, match="unknown preset"):
         presets.get_config("table99")
     config = presets.get_config("table3_smoke")
@@ -117,16 +127,16 @@ def test_bad_presets_and_overrides_fail_clearly(tmp_path):
     config.settings[0]["methods"][0]["algo"] = "rtrll"
     with pytest.raises(ValueError, match="unknown algorithm"):
         rtrl_sparse.run(config, tmp_path / "c")
-    config = presets.get_config("table3_smoke")
-    rtrl_sparse.run(config, tmp_path / "d")
-    other = presets.get_config("table5_smoke")
+
+    _, finished = smoke_run(rtrl_sparse, presets, "table3_smoke")
     with pytest.raises(ValueError, match="another config"):
-        rtrl_sparse.run(other, tmp_path / "d")
+        rtrl_sparse.run(presets.get_config("table5_smoke"), finished)
 
 
-def test_eight_devices_give_the_one_device_numbers(tmp_path):
+@pytest.mark.xdist_group("rtrl_sparse-table3_smoke")
+def test_eight_devices_give_the_one_device_numbers(tmp_path, smoke_run):
     """table3_smoke with its 2 seed lanes sharded over an 8-device CPU mesh (padded to 8)."""
-    reference = rtrl_sparse.run(presets.get_config("table3_smoke"), tmp_path / "one")
+    reference, _ = smoke_run(rtrl_sparse, presets, "table3_smoke")
     repo = Path(__file__).resolve().parents[2]
     env = {
         **os.environ,
